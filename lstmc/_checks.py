@@ -1,0 +1,162 @@
+"""Argument checks and conversions, with the messages users read.
+
+The compiled entry points check their arguments themselves on the fast path
+(right dtype, shape and a layout BLAS can read in place). Whatever fails that
+check comes here: array-likes go through numpy.asarray, layouts BLAS cannot
+read are copied once, and anything else raises an exception that names the
+argument, what it got and what was expected. Nothing here writes to a layer.
+"""
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _shape_str(shape):
+    """(None, 5) -> '(N, 5)': the expected shape, with the free batch size as N."""
+    parts = ["N" if s is None else str(s) for s in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
+def _dtype_of(typenum_or_dtype):
+    if isinstance(typenum_or_dtype, (int, np.integer)):
+        for dt in FLOAT_DTYPES:
+            if dt.num == typenum_or_dtype:
+                return dt
+    return np.dtype(typenum_or_dtype)
+
+
+def as_array(a, name, dtype, shape):
+    """numpy.asarray(a), checked for dtype and shape (None in shape: any size)."""
+    dtype = _dtype_of(dtype)
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}; expected {dtype}")
+    if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+        raise ValueError(f"{name} has shape {a.shape}; expected {_shape_str(shape)}")
+    return a
+
+
+def rows_usable(a):
+    """True when BLAS can read the rows of a in place: aligned, contiguous last
+    axis, and (for 2-D) a positive row stride that is a whole number of items."""
+    if a.size == 0:
+        return True
+    if not a.flags.aligned:
+        return False
+    item = a.itemsize
+    if a.ndim >= 1 and a.shape[-1] > 1 and a.strides[-1] != item:
+        return False
+    for n, s in zip(a.shape[:-1], a.strides[:-1]):
+        if n > 1 and (s <= 0 or s % item):
+            return False
+    return True
+
+
+def matrix(a, name, typenum, rows, cols):
+    """A 2-D argument of shape (rows, cols) (rows < 0: any) that BLAS can read."""
+    a = as_array(a, name, typenum, (None if rows < 0 else rows, cols))
+    if not rows_usable(a) or (a.shape[0] > 1 and a.strides[0] < cols * a.itemsize):
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def weights(Wx, Wh, b):
+    """Check the weights of a layer; returns ([Wx, Wh, b], dtype, D, H).
+
+    Arrays that are already C-contiguous and float32/float64 are kept as the
+    very objects passed (so in-place updates are seen); others are converted.
+    """
+    arrays = []
+    for name, a in (("Wx", Wx), ("Wh", Wh), ("b", b)):
+        a = np.asarray(a)
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} has dtype {a.dtype}; expected float32 or float64")
+        arrays.append(a)
+    Wx, Wh, b = arrays
+    dtype = Wx.dtype
+    for name, a in (("Wh", Wh), ("b", b)):
+        if a.dtype != dtype:
+            raise TypeError(f"{name} has dtype {a.dtype}; expected {dtype} (the dtype of Wx)")
+    if Wx.ndim != 2 or Wx.shape[1] % 4 or Wx.shape[0] < 1 or Wx.shape[1] < 4:
+        raise ValueError(f"Wx has shape {Wx.shape}; expected (D, 4*H) with D >= 1, H >= 1")
+    D, H = Wx.shape[0], Wx.shape[1] // 4
+    if Wh.shape != (H, 4 * H):
+        raise ValueError(f"Wh has shape {Wh.shape}; expected {(H, 4 * H)}")
+    if b.shape != (4 * H,):
+        raise ValueError(f"b has shape {b.shape}; expected {(4 * H,)}")
+    arrays = [a if a.flags.c_contiguous and a.flags.aligned else np.ascontiguousarray(a)
+              for a in (Wx, Wh, b)]
+    return arrays, dtype, D, H
+
+
+def _check_list(layer, attr, names, writable):
+    dtype, D, H = layer.dtype, layer._work.D, layer._work.H
+    shapes = ((D, 4 * H), (H, 4 * H), (4 * H,))
+    items = getattr(layer, attr)
+    if not isinstance(items, list) or len(items) != 3:
+        raise TypeError(f"{attr} must be a list of 3 arrays [{', '.join(names)}]; "
+                        f"got {type(items).__name__}")
+    for k, (a, name, shape) in enumerate(zip(items, names, shapes)):
+        label = f"{attr}[{k}] ({name})"
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{label} must be a numpy array; got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise TypeError(f"{label} has dtype {a.dtype}; expected {dtype}")
+        if a.shape != shape:
+            raise ValueError(f"{label} has shape {a.shape}; expected {shape}")
+        if not (a.flags.c_contiguous and a.flags.aligned):
+            raise ValueError(f"{label} must be C-contiguous; update it in place "
+                             f"({attr}[{k}][...] = new) instead of replacing it")
+        if writable and not a.flags.writeable:
+            raise ValueError(f"{label} is read-only")
+
+
+def layer_params(layer):
+    _check_list(layer, "params", ("Wx", "Wh", "b"), False)
+    raise AssertionError("lstmc: params passed the slow check but not the fast one")
+
+
+def layer_grads(layer):
+    _check_list(layer, "grads", ("dWx", "dWh", "db"), True)
+    raise AssertionError("lstmc: grads passed the slow check but not the fast one")
+
+
+def out_pair(out, typenum, N, H):
+    """Raise the error that explains why `out` is not a usable (h_out, c_out)."""
+    dtype = _dtype_of(typenum)
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError(f"out must be a tuple (h_out, c_out) of two arrays; got {type(out).__name__}"
+                        + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+    for k, a in enumerate(out):
+        label = f"out[{k}]"
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{label} must be a numpy array; got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise TypeError(f"{label} has dtype {a.dtype}; expected {dtype}")
+        if a.shape != (N, H):
+            raise ValueError(f"{label} has shape {a.shape}; expected {(N, H)}")
+        if not a.flags.writeable:
+            raise ValueError(f"{label} is read-only")
+        if not rows_usable(a) or (N > 1 and a.strides[0] < H * a.itemsize):
+            raise ValueError(f"{label} must have a contiguous last axis and positive row "
+                             f"stride (strides {a.strides}); pass a C-contiguous array")
+    raise AssertionError("lstmc: out passed the slow check but not the fast one")
+
+
+def sequence(xs, name, dtype, N, D, uniform, T=None):
+    """A 3-D (N, T, D) argument whose rows BLAS can read; with `uniform`, also
+    one whose N*T rows are evenly spaced (one gemm over all of them)."""
+    xs = as_array(xs, name, dtype, (N, T, D))
+    ok = rows_usable(xs) and (xs.shape[1] <= 1 or xs.strides[1] >= D * xs.itemsize) \
+        and (xs.shape[0] <= 1 or xs.strides[0] >= xs.shape[1] * D * xs.itemsize)
+    if ok and uniform and xs.shape[0] > 1 and xs.shape[1] > 1:
+        ok = xs.strides[0] == xs.shape[1] * xs.strides[1]
+    if ok and uniform and xs.shape[0] > 1 and xs.shape[1] == 1:
+        ok = xs.strides[0] >= D * xs.itemsize
+    return xs if ok else np.ascontiguousarray(xs)
+
+
+def state(a, name, dtype, H, N=None):
+    """A held state (N, H): C-contiguous, of the layer's dtype."""
+    a = as_array(a, name, dtype, (N, H))
+    return a if a.flags.c_contiguous and a.flags.aligned else np.ascontiguousarray(a)

@@ -1,0 +1,146 @@
+"""The two layers: LSTM (one time step) and TimeLSTM (a whole sequence).
+
+They keep the API of the classic NumPy LSTM (Deep Learning from Scratch 2):
+`params`, `grads`, `forward`, `backward`. Each public call makes one call into
+the compiled core (lstmc._cell), which checks the arguments, runs the numeric
+work with the GIL released, and raises the errors defined in lstmc._checks.
+
+The math (gate order f, g, i, o along the 4H axis):
+
+    A      = x @ Wx + h_prev @ Wh + b            # (N, 4H)
+    f, i, o = sigmoid(A[:, :H]), sigmoid(A[:, 2H:3H]), sigmoid(A[:, 3H:])
+    g      = tanh(A[:, H:2H])
+    c_next = f * c_prev + g * i
+    h_next = o * tanh(c_next)
+"""
+import numpy as np
+
+from . import _cell, _checks
+
+__all__ = ["LSTM", "TimeLSTM"]
+
+
+class _Layer:
+    """What both layers share: weights, gradients, dtype, pickling."""
+
+    _work_class = None
+
+    def __init__(self, Wx, Wh, b):
+        self.params, self.dtype, D, H = _checks.weights(Wx, Wh, b)
+        self.grads = [np.zeros_like(p) for p in self.params]
+        self._work = self._work_class(self.dtype, D, H)
+
+    @property
+    def input_size(self):
+        """D, the width of an input row."""
+        return self._work.D
+
+    @property
+    def hidden_size(self):
+        """H, the width of the hidden and cell states."""
+        return self._work.H
+
+    # Pickle and deepcopy keep weights, gradients and held state, not the
+    # scratch buffers and cache (rebuilt on first use).
+    _transient = ("_work", "cache")
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self._transient}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        Wx, Wh, b = self.params
+        self._work = self._work_class(self.dtype, Wx.shape[0], Wh.shape[0])
+        if hasattr(type(self), "_reset_cache"):
+            self._reset_cache()
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(D={self.input_size}, H={self.hidden_size}, "
+                f"dtype={self.dtype})")
+
+
+class LSTM(_Layer):
+    """One LSTM time step, as in the book, compiled.
+
+    LSTM(Wx, Wh, b) with Wx (D, 4H), Wh (H, 4H), b (4H,), all float32 or all
+    float64 (sgemm or dgemm). `params` is [Wx, Wh, b] (the very arrays passed
+    when they are C-contiguous), `grads` is [dWx, dWh, db].
+    """
+
+    _work_class = _cell.CellWork
+
+    def __init__(self, Wx, Wh, b):
+        super().__init__(Wx, Wh, b)
+        self.cache = None
+
+    def _reset_cache(self):
+        self.cache = None
+
+    def forward(self, x, h_prev, c_prev, *, out=None, train=True):
+        """(h_next, c_next) for x (N, D), h_prev (N, H), c_prev (N, H).
+
+        out=(h_out, c_out) writes the results into those (N, H) arrays and returns
+        them; they may be h_prev and c_prev themselves. train=False keeps no cache
+        for backward (inference). The layer's scratch buffers are reused while N
+        stays the same, so `train=False, out=...` allocates nothing.
+        """
+        return _cell.cell_forward(self, x, h_prev, c_prev, out, train)
+
+    def backward(self, dh_next, dc_next):
+        """(dx, dh_prev, dc_prev) for the last forward; writes `grads` in place."""
+        return _cell.cell_backward(self, dh_next, dc_next)
+
+
+class TimeLSTM(_Layer):
+    """An LSTM over a whole sequence, the time loop in compiled code.
+
+    TimeLSTM(Wx, Wh, b, stateful=False). forward(xs) maps xs (N, T, D) to
+    hs (N, T, H), starting from zeros unless `stateful` and a state is held;
+    afterwards `h` and `c` hold the last step's state. backward(dhs) returns dxs,
+    writes the gradients summed over time into `grads`, and sets `dh`, the
+    gradient with respect to the initial h.
+    """
+
+    _work_class = _cell.TimeWork
+
+    def __init__(self, Wx, Wh, b, stateful=False):
+        super().__init__(Wx, Wh, b)
+        self.stateful = bool(stateful)
+        self.h = None
+        self.c = None
+        self.dh = None
+
+    def _reset_cache(self):
+        pass
+
+    def set_state(self, h, c=None):
+        """Hold h (and c; None means zeros) as the state the next forward starts from."""
+        H = self.hidden_size
+        h = _checks.state(h, "h", self.dtype, H)
+        if c is not None:
+            c = _checks.state(c, "c", self.dtype, H, h.shape[0])
+        self.h, self.c = h, c
+
+    def reset_state(self):
+        """Forget the held state: the next forward starts from zeros."""
+        self.h, self.c = None, None
+
+    def forward(self, xs, *, train=True):
+        """hs (N, T, H) for xs (N, T, D). train=False keeps nothing for backward:
+        working memory O(N*H) whatever T is."""
+        D, H = self.input_size, self.hidden_size
+        xs = _checks.sequence(xs, "xs", self.dtype, None, D, uniform=train)
+        N = xs.shape[0]
+        h0 = c0 = None
+        if self.stateful:
+            if self.h is not None:
+                h0 = _checks.state(self.h, "h", self.dtype, H, N)
+            if self.c is not None:
+                c0 = _checks.state(self.c, "c", self.dtype, H, N)
+        hs, self.h, self.c = self._work.forward(self, xs, h0, c0, train)
+        return hs
+
+    def backward(self, dhs):
+        """dxs (N, T, D) for dhs (N, T, H); writes `grads` in place and sets `dh`."""
+        dxs, self.dh = self._work.backward(self, dhs)
+        return dxs

@@ -1,0 +1,79 @@
+# cython: language_level=3
+"""lstmc's C-level API: the LSTM step kernels, for other Cython code.
+
+    from lstmc._cell cimport lstm_step_forward, lstm_step_backward
+
+Every kernel is `noexcept nogil`, works on float or double (a fused type; Cython
+picks the version from the pointer types), and returns 0, or -1 when a size or
+leading dimension does not fit BLAS's 32-bit int (nothing is written then).
+
+Layout contract (the same for every argument):
+  - A matrix (R, C) is row-major with contiguous columns and a leading
+    dimension `ld` >= C: element (r, c) is at ptr[r * ld + c]. Slices such as
+    xs[:, t, :] of a C-contiguous (N, T, D) array are such matrices (ld = T*D).
+  - Wx (D, 4H), Wh (H, 4H) and b (4H,) are C-contiguous (ld = 4H).
+  - Gate order along 4H is f, g, i, o:
+        A      = x @ Wx + h_prev @ Wh + b
+        f, i, o = sigmoid(A[:, :H]), sigmoid(A[:, 2H:3H]), sigmoid(A[:, 3H:])
+        g      = tanh(A[:, H:2H])
+        c_next = f * c_prev + g * i
+        h_next = o * tanh(c_next)
+  - The caller owns every buffer; the kernels allocate nothing and keep nothing.
+  - NULL is allowed where a comment says so.
+"""
+from cython cimport floating
+
+
+cdef int lstm_step_forward(
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
+    const floating *x, Py_ssize_t ldx,         # IN  (N, D), or NULL: `gates` already holds x @ Wx
+    const floating *h_prev, Py_ssize_t ldhp,   # IN  (N, H), or NULL for zeros
+    const floating *c_prev, Py_ssize_t ldcp,   # IN  (N, H), or NULL for zeros
+    const floating *Wx, const floating *Wh, const floating *b,
+    floating *gates, Py_ssize_t ldg,           # IN/OUT (N, 4H): scratch in; f, g, i, o out
+    floating *h_next, Py_ssize_t ldhn,         # OUT (N, H); may be h_prev
+    floating *c_next, Py_ssize_t ldcn,         # OUT (N, H); may be c_prev
+    floating *tanh_c, Py_ssize_t ldtc,         # OUT (N, H) tanh(c_next), or NULL
+) noexcept nogil
+
+
+cdef int lstm_step_backward(
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
+    const floating *dh_next, Py_ssize_t lddh,  # IN  (N, H)
+    const floating *dc_next, Py_ssize_t lddc,  # IN  (N, H), or NULL for zeros
+    const floating *x, Py_ssize_t ldx,         # IN  (N, D): the forward's input
+    const floating *h_prev, Py_ssize_t ldhp,   # IN  (N, H), or NULL for zeros
+    const floating *c_prev, Py_ssize_t ldcp,   # IN  (N, H), or NULL for zeros
+    const floating *Wx, const floating *Wh,
+    const floating *gates, Py_ssize_t ldg,     # IN  (N, 4H) from lstm_step_forward
+    const floating *tanh_c, Py_ssize_t ldtc,   # IN  (N, H) from lstm_step_forward
+    floating *dA, Py_ssize_t ldda,             # OUT (N, 4H) scratch: d loss / d A
+    floating *dx, Py_ssize_t lddx,             # OUT (N, D)
+    floating *dh_prev, Py_ssize_t lddhp,       # OUT (N, H)
+    floating *dc_prev, Py_ssize_t lddcp,       # OUT (N, H); may be dc_next
+    floating *dWx, floating *dWh, floating *db,  # OUT overwritten, C-contiguous
+) noexcept nogil
+
+
+# The element-wise halves of a step, which the sequence loop also uses.
+cdef void lstm_gates_forward(
+    Py_ssize_t N, Py_ssize_t H,
+    floating *gates, Py_ssize_t ldg,           # IN x@Wx + h@Wh (no bias); OUT f, g, i, o
+    const floating *b,
+    const floating *c_prev, Py_ssize_t ldcp,   # or NULL for zeros
+    floating *c_next, Py_ssize_t ldcn,
+    floating *h_next, Py_ssize_t ldhn,
+    floating *tanh_c, Py_ssize_t ldtc,         # or NULL
+) noexcept nogil
+
+cdef void lstm_gates_backward(
+    Py_ssize_t N, Py_ssize_t H,
+    const floating *dh, Py_ssize_t lddh,       # dh_next = dh + dh2
+    const floating *dh2, Py_ssize_t lddh2,     # or NULL
+    const floating *dc, Py_ssize_t lddc,       # or NULL for zeros
+    const floating *gates, Py_ssize_t ldg,
+    const floating *c_prev, Py_ssize_t ldcp,   # or NULL for zeros
+    const floating *tanh_c, Py_ssize_t ldtc,
+    floating *dA, Py_ssize_t ldda,
+    floating *dc_prev, Py_ssize_t lddcp,       # may be dc
+) noexcept nogil
