@@ -34,6 +34,17 @@ else:
     cflags = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
 
 
+def pxd_include_dir():
+    """A folder holding lstmc/*.pxd, for Cython's include path: Cython looks for
+    the .pxd of module lstmc._cell as lstmc/_cell.pxd, and only with it does it
+    export the kernels that _cell.pxd declares (the C-level API)."""
+    root = os.path.join(HERE, "build", "pxd")
+    os.makedirs(os.path.join(root, "lstmc"), exist_ok=True)
+    for name in PXDS:
+        shutil.copy(os.path.join(HERE, "src", name), os.path.join(root, "lstmc", name))
+    return root
+
+
 class build_py_with_pxd(build_py):
     """Install src/*.pxd as lstmc/*.pxd (the C-level API)."""
 
@@ -45,16 +56,26 @@ class build_py_with_pxd(build_py):
             shutil.copy(os.path.join(HERE, "src", name), os.path.join(dest, name))
 
 
-ext = Extension(
-    "lstmc._cell",
-    sources=["src/_cell.pyx"],
-    include_dirs=["src", numpy.get_include()],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-    extra_compile_args=cflags,
-    depends=["src/_gates.h", "src/_blas.pxd", "src/_cell.pxd"],
-)
+
+def extension(name, depends):
+    return Extension(
+        f"lstmc.{name}",
+        sources=[f"src/{name}.pyx"],
+        include_dirs=["src", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        extra_compile_args=cflags,
+        depends=depends,
+    )
+
+
+extensions = [
+    # The kernels, the sequence loop and the entry points of the layers.
+    extension("_cell", ["src/_gates.h", "src/_blas.pxd", "src/_cell.pxd"]),
+    # The benchmark's BLAS floor: the same BLAS calls, looped in C.
+    extension("_floor", ["src/_blas.pxd"]),
+]
 
 setup(
-    ext_modules=cythonize([ext], include_path=["src"], compiler_directives=directives),
+    ext_modules=cythonize(extensions, include_path=[pxd_include_dir(), "src"], compiler_directives=directives),
     cmdclass={"build_py": build_py_with_pxd},
 )

@@ -6,6 +6,8 @@ SciPy's BLAS for the matrix products, vectorized C loops for the gates, the GIL
 released.
 """
 from ._layers import LSTM, TimeLSTM
+from ._io import load, save
+from . import convert
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "TimeLSTM", "__version__"]
+__all__ = ["LSTM", "TimeLSTM", "convert", "load", "save", "__version__"]

@@ -11,6 +11,14 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def contiguous(a):
+    """a itself when C-contiguous and aligned, else an aligned C-contiguous copy
+    (numpy.ascontiguousarray would return an unaligned array unchanged)."""
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
 def _shape_str(shape):
     """(None, 5) -> '(N, 5)': the expected shape, with the free batch size as N."""
     parts = ["N" if s is None else str(s) for s in shape]
@@ -56,7 +64,7 @@ def matrix(a, name, typenum, rows, cols):
     """A 2-D argument of shape (rows, cols) (rows < 0: any) that BLAS can read."""
     a = as_array(a, name, typenum, (None if rows < 0 else rows, cols))
     if not rows_usable(a) or (a.shape[0] > 1 and a.strides[0] < cols * a.itemsize):
-        a = np.ascontiguousarray(a)
+        a = contiguous(a)
     return a
 
 
@@ -84,8 +92,7 @@ def weights(Wx, Wh, b):
         raise ValueError(f"Wh has shape {Wh.shape}; expected {(H, 4 * H)}")
     if b.shape != (4 * H,):
         raise ValueError(f"b has shape {b.shape}; expected {(4 * H,)}")
-    arrays = [a if a.flags.c_contiguous and a.flags.aligned else np.ascontiguousarray(a)
-              for a in (Wx, Wh, b)]
+    arrays = [contiguous(a) for a in (Wx, Wh, b)]
     return arrays, dtype, D, H
 
 
@@ -153,10 +160,10 @@ def sequence(xs, name, dtype, N, D, uniform, T=None):
         ok = xs.strides[0] == xs.shape[1] * xs.strides[1]
     if ok and uniform and xs.shape[0] > 1 and xs.shape[1] == 1:
         ok = xs.strides[0] >= D * xs.itemsize
-    return xs if ok else np.ascontiguousarray(xs)
+    return xs if ok else contiguous(xs)
 
 
 def state(a, name, dtype, H, N=None):
     """A held state (N, H): C-contiguous, of the layer's dtype."""
     a = as_array(a, name, dtype, (N, H))
-    return a if a.flags.c_contiguous and a.flags.aligned else np.ascontiguousarray(a)
+    return contiguous(a)

@@ -28,7 +28,7 @@ from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock,
                                PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
 cimport numpy as cnp
 
-from _blas cimport gemm, gemv_t, gemv_n, ger
+from _blas cimport gemm, gemv_t, gemv_n
 
 import numpy as np
 from lstmc import _checks
@@ -58,6 +58,8 @@ cdef extern from "_gates.h" nogil:
                                 double *dc_prev, Py_ssize_t lddcp)
     void lstmc_colsum_f(Py_ssize_t N, Py_ssize_t M, const float *X, Py_ssize_t ldx, float *out)
     void lstmc_colsum_d(Py_ssize_t N, Py_ssize_t M, const double *X, Py_ssize_t ldx, double *out)
+    void lstmc_outer_f(Py_ssize_t M, Py_ssize_t N, const float *x, const float *y, float *A)
+    void lstmc_outer_d(Py_ssize_t M, Py_ssize_t N, const double *x, const double *y, double *A)
 
 
 # ----------------------------------------------------------------- kernels
@@ -101,6 +103,14 @@ cdef inline void _colsum(Py_ssize_t N, Py_ssize_t M, const floating *X, Py_ssize
         lstmc_colsum_f(N, M, X, ldx, out)
     else:
         lstmc_colsum_d(N, M, X, ldx, out)
+
+
+cdef inline void _outer(Py_ssize_t M, Py_ssize_t N, const floating *x, const floating *y,
+                        floating *A) noexcept nogil:
+    if floating is float:
+        lstmc_outer_f(M, N, x, y, A)
+    else:
+        lstmc_outer_d(M, N, x, y, A)
 
 
 cdef inline void _affine(Py_ssize_t N, Py_ssize_t K, Py_ssize_t G4,
@@ -167,12 +177,13 @@ cdef int lstm_step_backward(
     lstm_gates_backward(N, H, dh_next, lddh, <floating *> NULL, 0, dc_next, lddc,
                         gates, ldg, c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
     if N == 1:
-        # One row: the weight gradients are outer products, the rest gemv.
-        memset(dWx, 0, D * G4 * sizeof(floating))
-        ger(<int> D, <int> G4, 1, x, dA, dWx, <int> G4)               # dWx = outer(x, dA)
-        memset(dWh, 0, H * G4 * sizeof(floating))
+        # One row: the weight gradients are outer products (a write-only loop:
+        # twice as fast as zeroing and BLAS ger), the rest gemv.
+        _outer(D, G4, x, dA, dWx)                                     # dWx = outer(x, dA)
         if h_prev != NULL:
-            ger(<int> H, <int> G4, 1, h_prev, dA, dWh, <int> G4)      # dWh = outer(h_prev, dA)
+            _outer(H, G4, h_prev, dA, dWh)                            # dWh = outer(h_prev, dA)
+        else:
+            memset(dWh, 0, H * G4 * sizeof(floating))
         memcpy(db, dA, G4 * sizeof(floating))                         # db = dA[0]
         gemv_n(<int> D, <int> G4, 1, Wx, <int> G4, dA, 0, dx)         # dx = dA @ Wx.T
         gemv_n(<int> H, <int> G4, 1, Wh, <int> G4, dA, 0, dh_prev)    # dh_prev = dA @ Wh.T
@@ -201,9 +212,10 @@ ctypedef struct Mat:
 
 cdef inline bint _mat(object obj, int typenum, Py_ssize_t rows, Py_ssize_t cols,
                       bint writable, Mat *m) noexcept:
-    """True when obj is an aligned ndarray of typenum, shape (rows, cols) (rows < 0:
-    any), whose rows BLAS can read in place: contiguous last axis, row stride a
-    positive multiple of the item size. Fills m. No exception is ever set."""
+    """True when obj is an aligned, native-byte-order ndarray of typenum, shape
+    (rows, cols) (rows < 0: any), whose rows BLAS can read in place: contiguous
+    last axis, row stride a positive multiple of the item size. Fills m. No
+    exception is ever set."""
     if not cnp.PyArray_Check(obj):
         return False
     cdef cnp.ndarray a = <cnp.ndarray> obj
@@ -214,7 +226,8 @@ cdef inline bint _mat(object obj, int typenum, Py_ssize_t rows, Py_ssize_t cols,
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a)
     if (rows >= 0 and dims[0] != rows) or dims[1] != cols:
         return False
-    if not cnp.PyArray_ISALIGNED(a) or (writable and not cnp.PyArray_ISWRITEABLE(a)):
+    if (not cnp.PyArray_ISALIGNED(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or (writable and not cnp.PyArray_ISWRITEABLE(a))):
         return False
     if dims[0] == 0:                    # empty: NumPy may give any strides
         m.ld = cols if cols > 0 else 1
@@ -240,7 +253,8 @@ cdef inline bint _vec(object obj, int typenum, Py_ssize_t n, bint writable,
     cdef cnp.ndarray a = <cnp.ndarray> obj
     if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != 1
             or cnp.PyArray_DIMS(a)[0] != n or not cnp.PyArray_IS_C_CONTIGUOUS(a)
-            or not cnp.PyArray_ISALIGNED(a) or (writable and not cnp.PyArray_ISWRITEABLE(a))):
+            or not cnp.PyArray_ISALIGNED(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or (writable and not cnp.PyArray_ISWRITEABLE(a))):
         return False
     data[0] = cnp.PyArray_BYTES(a)
     return True

@@ -225,4 +225,20 @@ LSTMC_CLONES static void NAME(ptrdiff_t N, ptrdiff_t M, const T *X, ptrdiff_t ld
 LSTMC_COLSUM(lstmc_colsum_f, float)
 LSTMC_COLSUM(lstmc_colsum_d, double)
 
+/* OUT A (M, N) = outer(x, y), A C-contiguous. One pass that only writes: twice
+ * as fast here as zeroing A and calling BLAS ger (which reads A back). */
+#define LSTMC_OUTER(NAME, T)                                                          \
+LSTMC_CLONES static void NAME(ptrdiff_t M, ptrdiff_t N, const T *x,                   \
+                              const T *restrict y, T *restrict A)                     \
+{                                                                                     \
+    for (ptrdiff_t i = 0; i < M; i++) {                                               \
+        T xi = x[i];                                                                  \
+        T *restrict row = A + i * N;                                                  \
+        for (ptrdiff_t j = 0; j < N; j++) row[j] = xi * y[j];                         \
+    }                                                                                 \
+}
+
+LSTMC_OUTER(lstmc_outer_f, float)
+LSTMC_OUTER(lstmc_outer_d, double)
+
 #endif /* LSTMC_GATES_H */

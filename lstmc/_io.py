@@ -1,0 +1,245 @@
+"""Saving and loading lstmc layers as ``.npz`` files (exported as
+``lstmc.save`` / ``lstmc.load``).
+
+The file is a plain, uncompressed NumPy ``.npz`` archive that needs no
+pickle (``np.load(path, allow_pickle=False)`` reads it) and holds:
+
+============  ===================  =========================================
+key           value                meaning
+============  ===================  =========================================
+``format``    0-d str ``"lstmc"``  marks an lstmc weights file
+``version``   0-d int ``1``        file layout version
+``kind``      0-d str              ``"LSTM"`` or ``"TimeLSTM"``
+``stateful``  0-d bool             ``TimeLSTM.stateful`` (False for LSTM)
+``Wx``        (D, 4H) float        input weights, gates f, g, i, o
+``Wh``        (H, 4H) float        recurrent weights
+``b``         (4H,) float          bias
+============  ===================  =========================================
+
+``Wx``, ``Wh`` and ``b`` share one dtype, float32 or float64, which the
+loaded layer keeps.  Gradients, caches and a TimeLSTM's held state ``h``,
+``c`` are not saved: a loaded layer starts like a new one.
+"""
+
+import os
+import zipfile
+import zlib
+
+import numpy as np
+
+__all__ = ["save", "load"]
+
+_FORMAT = "lstmc"
+_VERSION = 1
+_KINDS = ("LSTM", "TimeLSTM")
+_KEYS = ("format", "version", "kind", "stateful", "Wx", "Wh", "b")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Errors that NumPy and zipfile raise on damaged archives or members.
+_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile,
+                zipfile.LargeZipFile, zlib.error, NotImplementedError)
+
+
+def _describe(file):
+    """How ``file`` is named in messages."""
+    if isinstance(file, (str, bytes, os.PathLike)):
+        return repr(os.fsdecode(file))
+    name = getattr(file, "name", None)
+    return repr(name) if isinstance(name, str) else "the file object"
+
+
+def _member(npz, key, where):
+    """``npz[key]``, with a damaged member reported as ``ValueError``."""
+    try:
+        arr = npz[key]
+    except _READ_ERRORS as exc:
+        raise ValueError(
+            f"{where} is not a valid lstmc weights file: cannot read "
+            f"{key!r} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(arr, np.ndarray):  # a zip member that is not .npy
+        raise ValueError(
+            f"{where} is not a valid lstmc weights file: {key!r} is not a "
+            "NumPy array")
+    return arr
+
+
+def _check_weights(Wx, Wh, b, where):
+    """``ValueError`` unless ``Wx``, ``Wh``, ``b`` are lstmc weights."""
+    for name, arr, ndim, pattern in (("Wx", Wx, 2, "(D, 4*H)"),
+                                     ("Wh", Wh, 2, "(H, 4*H)"),
+                                     ("b", b, 1, "(4*H,)")):
+        if arr.dtype not in _FLOATS:
+            raise ValueError(
+                f"{where}: {name} has dtype {arr.dtype}; "
+                "expected float32 or float64")
+        if arr.ndim != ndim:
+            raise ValueError(
+                f"{where}: {name} must be {ndim}-D with shape {pattern}, "
+                f"got shape {arr.shape}")
+    if not Wx.dtype == Wh.dtype == b.dtype:
+        raise ValueError(
+            f"{where}: Wx, Wh and b must share one dtype, got "
+            f"{Wx.dtype}, {Wh.dtype} and {b.dtype}")
+    n4 = Wx.shape[1]
+    if n4 % 4:
+        raise ValueError(
+            f"{where}: Wx has shape {Wx.shape} whose 4*H axis (length {n4}) "
+            "is not divisible by 4")
+    H = n4 // 4
+    if Wh.shape != (H, n4):
+        raise ValueError(
+            f"{where}: Wh must have shape (H, 4*H) = {(H, n4)} to match Wx "
+            f"of shape {Wx.shape}, got {Wh.shape}")
+    if b.shape != (n4,):
+        raise ValueError(
+            f"{where}: b must have shape (4*H,) = {(n4,)} to match Wx of "
+            f"shape {Wx.shape}, got {b.shape}")
+
+
+def _layer_kind(layer):
+    """``"LSTM"`` or ``"TimeLSTM"`` for an lstmc layer, else ``TypeError``."""
+    import lstmc
+
+    if isinstance(layer, lstmc.TimeLSTM):
+        return "TimeLSTM"
+    if isinstance(layer, lstmc.LSTM):
+        return "LSTM"
+    raise TypeError(
+        "save() takes an lstmc.LSTM or lstmc.TimeLSTM, got "
+        f"{type(layer).__module__}.{type(layer).__qualname__}")
+
+
+def save(path, layer):
+    """Write ``layer``'s weights, kind and ``stateful`` flag to ``path``.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+        Written exactly as given (unlike ``np.savez``, no ``.npz`` suffix is
+        appended), so ``load(path)`` finds it.  An existing file is replaced.
+    layer : lstmc.LSTM or lstmc.TimeLSTM
+
+    The layer is checked before the file is opened, so a failing call leaves
+    an existing file untouched.  See the module docstring for the layout.
+    """
+    kind = _layer_kind(layer)
+    Wx, Wh, b = (np.asarray(p) for p in layer.params)
+    _check_weights(Wx, Wh, b, "cannot save layer")
+    stateful = bool(getattr(layer, "stateful", False)) \
+        if kind == "TimeLSTM" else False
+    arrays = dict(
+        format=np.array(_FORMAT),
+        version=np.array(_VERSION, dtype=np.int64),
+        kind=np.array(kind),
+        stateful=np.array(stateful),
+        Wx=Wx, Wh=Wh, b=b,
+    )
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+        return
+    with open(os.fspath(path), "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _scalar(npz, key, kinds, where):
+    """The 0-d array ``npz[key]`` as a Python scalar, checked for its kind."""
+    arr = _member(npz, key, where)
+    if arr.shape != () or arr.dtype.kind not in kinds:
+        raise ValueError(
+            f"{where}: {key!r} must be a 0-d array of kind {kinds!r}, "
+            f"got shape {arr.shape} and dtype {arr.dtype}")
+    return arr.item()
+
+
+def _read(npz, where):
+    """The validated ``(kind, stateful, Wx, Wh, b)`` of an open archive."""
+    keys = set(npz.files)
+    missing = [k for k in _KEYS if k not in keys]
+    unexpected = sorted(keys.difference(_KEYS))
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        raise ValueError(
+            f"{where} is not an lstmc weights file: {'; '.join(problems)} "
+            f"(found {sorted(keys)}, expected {list(_KEYS)})")
+    fmt = _scalar(npz, "format", "U", where)
+    if fmt != _FORMAT:
+        raise ValueError(
+            f"{where}: 'format' is {fmt!r}, expected {_FORMAT!r}")
+    version = _scalar(npz, "version", "iu", where)
+    if version != _VERSION:
+        raise ValueError(
+            f"{where}: file version {version} is not supported "
+            f"(this lstmc reads version {_VERSION})")
+    kind = _scalar(npz, "kind", "U", where)
+    if kind not in _KINDS:
+        raise ValueError(
+            f"{where}: 'kind' is {kind!r}, expected one of {list(_KINDS)}")
+    stateful = _scalar(npz, "stateful", "b", where)
+    if kind == "LSTM" and stateful:
+        raise ValueError(f"{where}: 'stateful' is True for kind 'LSTM'")
+    weights = []
+    for key in ("Wx", "Wh", "b"):
+        arr = _member(npz, key, where)
+        if arr.dtype.kind == "f" and not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        weights.append(np.ascontiguousarray(arr))
+    _check_weights(*weights, where)
+    return kind, stateful, weights
+
+
+def load(path):
+    """Read a layer written by :func:`save`; return a new layer of its kind.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+
+    Returns
+    -------
+    lstmc.LSTM or lstmc.TimeLSTM
+        Built on the stored weights (their dtype kept), with the stored
+        ``stateful`` flag, no held state and zero gradients.
+
+    Raises
+    ------
+    ValueError
+        If the file is not an lstmc weights file: not a zip/npz archive,
+        truncated or corrupt, missing or unexpected keys, wrong dtypes,
+        ndims or inconsistent shapes.  The message says what is wrong.
+    FileNotFoundError, PermissionError
+        As ``open`` raises them.
+    """
+    where = _describe(path)
+    if hasattr(path, "read"):
+        kind, stateful, (Wx, Wh, b) = _load_file(path, where)
+    else:
+        with open(os.fspath(path), "rb") as fh:
+            kind, stateful, (Wx, Wh, b) = _load_file(fh, where)
+    import lstmc
+
+    if kind == "TimeLSTM":
+        return lstmc.TimeLSTM(Wx, Wh, b, stateful=stateful)
+    return lstmc.LSTM(Wx, Wh, b)
+
+
+def _load_file(fh, where):
+    start = fh.tell() if hasattr(fh, "tell") else 0
+    magic = fh.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        what = ("empty" if not magic else
+                "a .npy array, not an .npz archive"
+                if magic == b"\x93NUM" else "not a zip (.npz) archive")
+        raise ValueError(f"{where} is not an lstmc weights file: it is {what}")
+    fh.seek(start)
+    try:
+        npz = np.load(fh, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise ValueError(
+            f"{where} is not a valid lstmc weights file (truncated or "
+            f"corrupt archive): {type(exc).__name__}: {exc}") from exc
+    with npz:
+        return _read(npz, where)
