@@ -121,13 +121,10 @@ LSTMC_CLONES static void NAME(                                                  
         const T *cp = c_prev ? c_prev + n * ldcp : NULL;                              \
         T *cn = c_next + n * ldcn, *hn = h_next + n * ldhn;                           \
         T *tc = tanh_c ? tanh_c + n * ldtc : NULL;                                    \
-        for (ptrdiff_t j = 0; j < H; j++) {                                           \
-            T f = SIGMOID(af[j] + b[j]);                                              \
-            T g = TANH(ag[j] + b[H + j]);                                             \
-            T i = SIGMOID(ai[j] + b[2 * H + j]);                                      \
-            T o = SIGMOID(ao[j] + b[3 * H + j]);                                      \
-            af[j] = f; ag[j] = g; ai[j] = i; ao[j] = o;                               \
-        }                                                                             \
+        /* f | g | i o: one loop per activation over contiguous blocks.     */     \
+        for (ptrdiff_t j = 0; j < H; j++) af[j] = SIGMOID(af[j] + b[j]);             \
+        for (ptrdiff_t j = 0; j < H; j++) ag[j] = TANH(ag[j] + b[H + j]);            \
+        for (ptrdiff_t j = 0; j < 2 * H; j++) ai[j] = SIGMOID(ai[j] + b[2 * H + j]); \
         if (cp) {                                                                     \
             for (ptrdiff_t j = 0; j < H; j++) cn[j] = af[j] * cp[j] + ag[j] * ai[j];  \
         } else {                                                                      \
