@@ -13,9 +13,21 @@ The math (gate order f, g, i, o along the 4H axis):
     c_next = f * c_prev + g * i
     h_next = o * tanh(c_next)
 """
+import os
+
 import numpy as np
 
-from . import _cell, _checks
+from . import _checks
+
+try:
+    from . import _cell
+except ImportError as exc:  # a source checkout on sys.path, not an installed build
+    raise ImportError(
+        "lstmc's compiled extension (lstmc._cell) cannot be imported from "
+        f"{os.path.dirname(__file__)}: is this the source tree rather than an "
+        "installed build? Run `pip install .` and then `pytest` (not `python -m "
+        "pytest`, which puts the source tree first on sys.path)."
+    ) from exc
 
 __all__ = ["LSTM", "TimeLSTM"]
 
