@@ -3,7 +3,7 @@
 They keep the API of the classic NumPy LSTM (Deep Learning from Scratch 2):
 `params`, `grads`, `forward`, `backward`. Each public call makes one call into
 the compiled core (lstmc._cell), which checks the arguments, runs the numeric
-work with the GIL released, and raises the errors defined in lstmc._checks.
+work with the GIL released, and raises the errors defined in lstmc._validate.
 
 The math (gate order f, g, i, o along the 4H axis):
 
@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from . import _checks
+from . import _validate
 
 try:
     from . import _cell
@@ -38,7 +38,7 @@ class _Layer:
     _work_class = None
 
     def __init__(self, Wx, Wh, b):
-        self.params, self.dtype, D, H = _checks.weights(Wx, Wh, b)
+        self.params, self.dtype, D, H = _validate.weights(Wx, Wh, b)
         self.grads = [np.zeros_like(p) for p in self.params]
         self._work = self._work_class(self.dtype, D, H)
 
@@ -128,9 +128,9 @@ class TimeLSTM(_Layer):
     def set_state(self, h, c=None):
         """Hold h (and c; None means zeros) as the state the next forward starts from."""
         H = self.hidden_size
-        h = _checks.state(h, "h", self.dtype, H)
+        h = _validate.state(h, "h", self.dtype, H)
         if c is not None:
-            c = _checks.state(c, "c", self.dtype, H, h.shape[0])
+            c = _validate.state(c, "c", self.dtype, H, h.shape[0])
         self.h, self.c = h, c
 
     def reset_state(self):
@@ -141,14 +141,20 @@ class TimeLSTM(_Layer):
         """hs (N, T, H) for xs (N, T, D). train=False keeps nothing for backward:
         working memory O(N*H) whatever T is."""
         D, H = self.input_size, self.hidden_size
-        xs = _checks.sequence(xs, "xs", self.dtype, None, D, uniform=train)
+        xs = _validate.sequence(xs, "xs", self.dtype, None, D, uniform=train)
         N = xs.shape[0]
         h0 = c0 = None
         if self.stateful:
+            for name in ("h", "c"):
+                held = getattr(self, name)
+                if held is not None and np.shape(held)[:1] != (N,):
+                    raise ValueError(
+                        f"the held state {name} has shape {np.shape(held)}; xs has batch size "
+                        f"{N}, so expected {(N, H)} (call reset_state() to start over)")
             if self.h is not None:
-                h0 = _checks.state(self.h, "h", self.dtype, H, N)
+                h0 = _validate.state(self.h, "h", self.dtype, H, N)
             if self.c is not None:
-                c0 = _checks.state(self.c, "c", self.dtype, H, N)
+                c0 = _validate.state(self.c, "c", self.dtype, H, N)
         hs, self.h, self.c = self._work.forward(self, xs, h0, c0, train)
         return hs
 

@@ -15,7 +15,7 @@ What lives here, and why:
   - The entry points the Python classes call once per public call. The one-step
     cell is called at sizes where a microsecond matters, so its argument checks
     are done here on the ndarray structs (a few ns each); anything that fails
-    the fast check goes to lstmc._checks, which converts array-likes and
+    the fast check goes to lstmc._validate, which converts array-likes and
     non-contiguous layouts or raises the exception that names the argument.
 Matrix products go through _blas.pxd (SciPy's BLAS); the element-wise gate
 loops are C in _gates.h so that they vectorize for the CPU at hand.
@@ -31,7 +31,7 @@ cimport numpy as cnp
 from _blas cimport gemm, gemv_t, gemv_n
 
 import numpy as np
-from lstmc import _checks
+from lstmc import _validate
 
 cnp.import_array()
 
@@ -344,7 +344,7 @@ cdef object _params(object layer, int typenum, Py_ssize_t D, Py_ssize_t H,
                 and _cmat((<list> params)[1], typenum, H, 4 * H, False, pWh)
                 and _vec((<list> params)[2], typenum, 4 * H, False, pb)):
             return params
-    _checks.layer_params(layer)         # raises, naming the offending array
+    _validate.layer_params(layer)         # raises, naming the offending array
     raise AssertionError("unreachable")
 
 
@@ -352,7 +352,7 @@ cdef object _rows(object a, str name, int typenum, Py_ssize_t rows, Py_ssize_t c
     """The array to use for argument `name`, checked, converted when it must be."""
     if _mat(a, typenum, rows, cols, False, m):
         return a
-    a = _checks.matrix(a, name, typenum, rows, cols)
+    a = _validate.matrix(a, name, typenum, rows, cols)
     if not _mat(a, typenum, rows, cols, False, m):
         raise AssertionError(f"lstmc: {name} still unusable after conversion")
     return a
@@ -394,7 +394,7 @@ def cell_forward(object layer, object x, object h_prev, object c_prev, object ou
             and _mat((<tuple> out)[1], typenum, N, H, True, &mco)):
         h_next, c_next = <tuple> out
     else:
-        _checks.out_pair(out, typenum, N, H)        # raises
+        _validate.out_pair(out, typenum, N, H)        # raises
         raise AssertionError("unreachable")
 
     w.acquire()
@@ -443,7 +443,7 @@ cdef object _grads(object layer, int typenum, Py_ssize_t D, Py_ssize_t H,
                 and _cmat((<list> grads)[1], typenum, H, 4 * H, True, pdWh)
                 and _vec((<list> grads)[2], typenum, 4 * H, True, pdb)):
             return grads
-    _checks.layer_grads(layer)          # raises, naming the offending array
+    _validate.layer_grads(layer)          # raises, naming the offending array
     raise AssertionError("unreachable")
 
 
@@ -785,7 +785,7 @@ cdef class TimeWork(_Lock):
         memset(&s, 0, sizeof(Seq))
         _params(layer, typenum, D, H, &s.Wx, &s.Wh, &s.b)
         _grads(layer, typenum, D, H, &s.dWx, &s.dWh, &s.db)
-        dhs = _checks.sequence(dhs, "dhs", typenum, N, H, False, T)
+        dhs = _validate.sequence(dhs, "dhs", typenum, N, H, False, T)
         a = <cnp.ndarray> dhs
         item = cnp.PyArray_ITEMSIZE(a)
         s.dhs = cnp.PyArray_BYTES(a)

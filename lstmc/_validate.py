@@ -20,8 +20,9 @@ def contiguous(a):
 
 
 def _shape_str(shape):
-    """(None, 5) -> '(N, 5)': the expected shape, with the free batch size as N."""
-    parts = ["N" if s is None else str(s) for s in shape]
+    """(None, None, 5) -> '(N, T, 5)': the expected shape, free sizes by name."""
+    names = iter("NT")
+    parts = [next(names, "?") if s is None else str(s) for s in shape]
     return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 

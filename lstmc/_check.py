@@ -1,0 +1,389 @@
+"""``python -m lstmc check``: a self-test of the installed build.
+
+What lives here and why
+-----------------------
+A user who installed a wheel (or built one against an unusual BLAS) wants one
+command that says whether the compiled layers compute the right thing on *this*
+machine, and what they run on. So this module
+
+* prints build information: lstmc, Python, platform, NumPy, SciPy, and the BLAS
+  libraries loaded in the process (through threadpoolctl when it is installed);
+* compares ``lstmc.LSTM`` and ``lstmc.TimeLSTM`` forward and backward passes with
+  a plain NumPy implementation of the contract's math, in float32 and float64;
+* checks the float64 gradients against central differences of a scalar loss.
+
+The reference below is written from the math in the spec, independent of the
+package's code, and is always evaluated in float64. Exit code 0 when every check
+passes, 1 otherwise.
+"""
+
+import argparse
+import importlib.machinery
+import os
+import platform
+import sys
+import traceback
+
+import numpy as np
+
+__all__ = ["main"]
+
+# Largest error allowed, relative to the largest magnitude of the reference result.
+TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+GRADCHECK_TOLERANCE = 1e-6
+
+
+# --------------------------------------------------------------------------- reference
+
+def _sigmoid(a):
+    return 0.5 * (1.0 + np.tanh(0.5 * a))
+
+
+def ref_step(x, h_prev, c_prev, Wx, Wh, b):
+    """One LSTM step in float64, gate order f, g, i, o; returns h, c and a cache."""
+    H = Wh.shape[0]
+    A = x @ Wx + h_prev @ Wh + b
+    f = _sigmoid(A[:, :H])
+    g = np.tanh(A[:, H:2 * H])
+    i = _sigmoid(A[:, 2 * H:3 * H])
+    o = _sigmoid(A[:, 3 * H:])
+    c = f * c_prev + g * i
+    h = o * np.tanh(c)
+    return h, c, (x, h_prev, c_prev, f, g, i, o, c)
+
+
+def ref_step_backward(dh, dc, cache, Wx, Wh):
+    """Gradients of one step: dx, dh_prev, dc_prev, dWx, dWh, db."""
+    x, h_prev, c_prev, f, g, i, o, c = cache
+    tc = np.tanh(c)
+    ds = dc + dh * o * (1.0 - tc * tc)
+    dA = np.concatenate([ds * c_prev * f * (1.0 - f),
+                         ds * i * (1.0 - g * g),
+                         ds * g * i * (1.0 - i),
+                         dh * tc * o * (1.0 - o)], axis=1)
+    return dA @ Wx.T, dA @ Wh.T, ds * f, x.T @ dA, h_prev.T @ dA, dA.sum(axis=0)
+
+
+def ref_sequence(xs, h0, c0, Wx, Wh, b):
+    """The whole sequence: hs (N, T, H), final h, c, and per-step caches."""
+    N, T, _ = xs.shape
+    hs = np.empty((N, T, Wh.shape[0]))
+    h, c, caches = h0, c0, []
+    for t in range(T):
+        h, c, cache = ref_step(xs[:, t], h, c, Wx, Wh, b)
+        hs[:, t] = h
+        caches.append(cache)
+    return hs, h, c, caches
+
+
+def ref_sequence_backward(dhs, caches, Wx, Wh):
+    """dxs, dh0, dWx, dWh, db summed over time (no gradient flows into the last c)."""
+    N, T, H = dhs.shape
+    dxs = np.empty((N, T, Wx.shape[0]))
+    dh = np.zeros((N, H))
+    dc = np.zeros((N, H))
+    dWx, dWh, db = np.zeros(Wx.shape), np.zeros(Wh.shape), np.zeros(Wh.shape[1])
+    for t in reversed(range(T)):
+        dx, dh, dc, gWx, gWh, gb = ref_step_backward(dhs[:, t] + dh, dc, caches[t], Wx, Wh)
+        dxs[:, t] = dx
+        dWx += gWx
+        dWh += gWh
+        db += gb
+    return dxs, dh, dWx, dWh, db
+
+
+# --------------------------------------------------------------------------- checks
+
+class CheckFailed(Exception):
+    pass
+
+
+def _rel_err(got, want):
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        raise CheckFailed("shape %s, expected %s" % (got.shape, want.shape))
+    if want.size == 0:
+        return 0.0
+    scale = max(float(np.max(np.abs(want))), 1e-300)
+    return float(np.max(np.abs(got - want))) / scale
+
+
+def _compare(pairs, tol, against="NumPy"):
+    """Largest relative error over named (got, want) pairs; raise past tol."""
+    worst = 0.0
+    for name, got, want in pairs:
+        err = _rel_err(got, want)
+        if not err <= tol:  # also catches NaN
+            raise CheckFailed("%s differs from %s: relative error %.2g > %.0e"
+                              % (name, against, err, tol))
+        worst = max(worst, err)
+    return worst
+
+
+def _weights(rng, D, H, dtype):
+    Wx = rng.standard_normal((D, 4 * H)) / np.sqrt(D)
+    Wh = rng.standard_normal((H, 4 * H)) / np.sqrt(H)
+    b = rng.standard_normal(4 * H) * 0.5
+    return [w.astype(dtype) for w in (Wx, Wh, b)]
+
+
+def _f64(*arrays):
+    return [np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+def check_lstm(dtype, rng):
+    """lstmc.LSTM forward (plain, out=, train=False) and backward against NumPy."""
+    import lstmc
+
+    N, D, H = 5, 7, 6
+    Wx, Wh, b = _weights(rng, D, H, dtype)
+    x = rng.standard_normal((N, D)).astype(dtype)
+    h0 = rng.standard_normal((N, H)).astype(dtype)
+    c0 = rng.standard_normal((N, H)).astype(dtype)
+    dh = rng.standard_normal((N, H)).astype(dtype)
+    dc = rng.standard_normal((N, H)).astype(dtype)
+    W64 = _f64(Wx, Wh, b)
+    h_ref, c_ref, cache = ref_step(*_f64(x, h0, c0), *W64)
+    dx_ref, dhp_ref, dcp_ref, dWx_ref, dWh_ref, db_ref = ref_step_backward(
+        *_f64(dh, dc), cache, W64[0], W64[1])
+
+    layer = lstmc.LSTM(Wx, Wh, b)
+    h_out, c_out = np.empty((N, H), dtype), np.empty((N, H), dtype)
+    h2, c2 = layer.forward(x, h0, c0, out=(h_out, c_out), train=False)
+    h3, c3 = layer.forward(x, h0, c0, train=False)
+    h, c = layer.forward(x, h0, c0)
+    dx, dh_prev, dc_prev = layer.backward(dh, dc)
+    dWx, dWh, db = layer.grads
+    for name, a in (("h", h), ("c", c), ("dx", dx), ("dWx", dWx)):
+        if a.dtype != dtype:
+            raise CheckFailed("%s has dtype %s, expected %s" % (name, a.dtype, dtype))
+    if h2 is not h_out or c2 is not c_out:
+        raise CheckFailed("forward(out=...) did not return the buffers it was given")
+    return _compare([("h", h, h_ref), ("c", c, c_ref),
+                     ("h (out=)", h2, h_ref), ("c (out=)", c2, c_ref),
+                     ("h (train=False)", h3, h_ref), ("c (train=False)", c3, c_ref),
+                     ("dx", dx, dx_ref), ("dh_prev", dh_prev, dhp_ref),
+                     ("dc_prev", dc_prev, dcp_ref), ("dWx", dWx, dWx_ref),
+                     ("dWh", dWh, dWh_ref), ("db", db, db_ref)], TOLERANCE[dtype])
+
+
+def check_time_lstm(dtype, rng):
+    """lstmc.TimeLSTM from zeros and, stateful, from a set state in two halves."""
+    import lstmc
+
+    N, T, D, H = 4, 9, 5, 6
+    Wx, Wh, b = _weights(rng, D, H, dtype)
+    xs = rng.standard_normal((N, T, D)).astype(dtype)
+    dhs = rng.standard_normal((N, T, H)).astype(dtype)
+    W64 = _f64(Wx, Wh, b)
+    zeros = np.zeros((N, H))
+    pairs = []
+
+    # Not stateful: starts from zeros, full backward.
+    hs_ref, h_ref, c_ref, caches = ref_sequence(_f64(xs)[0], zeros, zeros, *W64)
+    dxs_ref, dh0_ref, dWx_ref, dWh_ref, db_ref = ref_sequence_backward(
+        _f64(dhs)[0], caches, W64[0], W64[1])
+    layer = lstmc.TimeLSTM(Wx, Wh, b)
+    hs_inf = layer.forward(xs, train=False)
+    hs = layer.forward(xs)
+    dxs = layer.backward(dhs)
+    dWx, dWh, db = layer.grads
+    pairs += [("hs", hs, hs_ref), ("hs (train=False)", hs_inf, hs_ref),
+              ("h", layer.h, h_ref), ("c", layer.c, c_ref), ("dxs", dxs, dxs_ref),
+              ("dh", layer.dh, dh0_ref), ("dWx", dWx, dWx_ref), ("dWh", dWh, dWh_ref),
+              ("db", db, db_ref)]
+
+    # Stateful: set_state(h0, c0), then the sequence in two calls equals one pass.
+    h0 = rng.standard_normal((N, H)).astype(dtype)
+    c0 = rng.standard_normal((N, H)).astype(dtype)
+    hs_ref, h_ref, c_ref, _ = ref_sequence(_f64(xs)[0], *_f64(h0, c0), *W64)
+    s = lstmc.TimeLSTM(Wx, Wh, b, stateful=True)
+    s.set_state(h0, c0)
+    k = T // 2
+    first = s.forward(np.ascontiguousarray(xs[:, :k]))
+    second = s.forward(np.ascontiguousarray(xs[:, k:]))
+    pairs += [("stateful hs[:, :k]", first, hs_ref[:, :k]),
+              ("stateful hs[:, k:]", second, hs_ref[:, k:]),
+              ("stateful h", s.h, h_ref), ("stateful c", s.c, c_ref)]
+    s.reset_state()
+    again = s.forward(xs)
+    pairs.append(("hs after reset_state", again, ref_sequence(_f64(xs)[0], zeros, zeros, *W64)[0]))
+    return _compare(pairs, TOLERANCE[dtype])
+
+
+def _numeric_grad(loss, array, eps=1e-6):
+    """Central differences of loss() with respect to each element of array, in place."""
+    grad = np.empty(array.shape)
+    flat, gflat = array.reshape(-1), grad.reshape(-1)
+    for j in range(flat.size):
+        saved = flat[j]
+        flat[j] = saved + eps
+        up = loss()
+        flat[j] = saved - eps
+        down = loss()
+        flat[j] = saved
+        gflat[j] = (up - down) / (2 * eps)
+    return grad
+
+
+def gradcheck_lstm(rng):
+    """float64 LSTM: analytic gradients of sum(h*Rh + c*Rc) against central differences."""
+    import lstmc
+
+    N, D, H = 3, 4, 3
+    Wx, Wh, b = _weights(rng, D, H, np.float64)
+    x, h0, c0 = (rng.standard_normal(s) for s in ((N, D), (N, H), (N, H)))
+    Rh, Rc = rng.standard_normal((N, H)), rng.standard_normal((N, H))
+    layer = lstmc.LSTM(Wx, Wh, b)
+
+    def loss():
+        h, c = layer.forward(x, h0, c0, train=False)
+        return float(np.sum(h * Rh) + np.sum(c * Rc))
+
+    layer.forward(x, h0, c0)
+    dx, dh0, dc0 = layer.backward(Rh, Rc)
+    analytic = [("dx", dx, x), ("dh_prev", dh0, h0), ("dc_prev", dc0, c0)]
+    analytic += [(n, np.array(g), p) for n, g, p in zip(("dWx", "dWh", "db"), layer.grads,
+                                                          layer.params)]
+    return _compare([(n, g, _numeric_grad(loss, p)) for n, g, p in analytic],
+                    GRADCHECK_TOLERANCE, "central differences")
+
+
+def gradcheck_time_lstm(rng):
+    """float64 TimeLSTM from a set state: gradients of sum(hs*R) by central differences."""
+    import lstmc
+
+    N, T, D, H = 2, 4, 3, 3
+    Wx, Wh, b = _weights(rng, D, H, np.float64)
+    xs = rng.standard_normal((N, T, D))
+    h0, c0 = rng.standard_normal((N, H)), rng.standard_normal((N, H))
+    R = rng.standard_normal((N, T, H))
+    layer = lstmc.TimeLSTM(Wx, Wh, b, stateful=True)
+
+    def loss():
+        layer.set_state(h0.copy(), c0.copy())
+        return float(np.sum(layer.forward(xs, train=False) * R))
+
+    layer.set_state(h0.copy(), c0.copy())
+    layer.forward(xs)
+    dxs = layer.backward(R)
+    analytic = [("dxs", dxs, xs), ("dh", np.array(layer.dh), h0)]
+    analytic += [(n, np.array(g), p) for n, g, p in zip(("dWx", "dWh", "db"), layer.grads,
+                                                          layer.params)]
+    return _compare([(n, g, _numeric_grad(loss, p)) for n, g, p in analytic],
+                    GRADCHECK_TOLERANCE, "central differences")
+
+
+def _checks():
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    return [
+        ("LSTM      float32  forward/backward vs NumPy", lambda r: check_lstm(f32, r)),
+        ("LSTM      float64  forward/backward vs NumPy", lambda r: check_lstm(f64, r)),
+        ("TimeLSTM  float32  forward/backward/state vs NumPy", lambda r: check_time_lstm(f32, r)),
+        ("TimeLSTM  float64  forward/backward/state vs NumPy", lambda r: check_time_lstm(f64, r)),
+        ("LSTM      float64  gradients vs central differences", gradcheck_lstm),
+        ("TimeLSTM  float64  gradients vs central differences", gradcheck_time_lstm),
+    ]
+
+
+# --------------------------------------------------------------------------- build info
+
+def _blas_lines():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ["unknown (pip install threadpoolctl to see which BLAS is loaded)"]
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, the one lstmc calls)
+
+    lines = []
+    for info in threadpool_info():
+        if info.get("user_api") != "blas":
+            continue
+        path = info.get("filepath") or ""
+        parts = path.replace("\\", "/").split("/")
+        if any(p in ("scipy.libs", "scipy") for p in parts):
+            owner = "SciPy's: the one lstmc calls"
+        elif any(p in ("numpy.libs", "numpy") for p in parts):
+            owner = "NumPy's"
+        else:
+            owner = os.path.basename(path) or "?"
+        details = [str(info.get("internal_api", "?")), str(info.get("version") or "?")]
+        kernel = info.get("architecture") or info.get("threading_layer")
+        text = " ".join(details)
+        if kernel:
+            text += ", %s kernels" % kernel if info.get("architecture") else ", %s" % kernel
+        text += ", %s threads" % info.get("num_threads", "?")
+        lines.append("%s  (%s)" % (text, owner))
+    return lines or ["none found by threadpoolctl"]
+
+
+def build_info():
+    import scipy
+
+    import lstmc
+
+    rows = []
+    where = os.path.dirname(getattr(lstmc, "__file__", "") or "?")
+    rows.append(("lstmc", "%s  %s" % (getattr(lstmc, "__version__", "?"), where)))
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    try:
+        compiled = sorted(f for f in os.listdir(where) if f.endswith(suffixes))
+    except OSError:
+        compiled = []
+    rows.append(("compiled", ", ".join(compiled) or "no compiled module found"))
+    rows.append(("python", "%s (%s)" % (platform.python_version(),
+                                        platform.python_implementation())))
+    rows.append(("platform", "%s, %s CPUs" % (platform.platform(), os.cpu_count())))
+    rows.append(("numpy", np.__version__))
+    rows.append(("scipy", scipy.__version__))
+    for k, line in enumerate(_blas_lines()):
+        rows.append(("BLAS" if k == 0 else "", line))
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, "%s: error: %s\n" % (self.prog, message))
+
+
+def main(argv=None, out=None):
+    parser = _Parser(prog="python -m lstmc check",
+                     description="Self-test of the installed lstmc build: parity with a "
+                     "NumPy implementation and a gradient check; exit 0 when all pass.")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the test data")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print a traceback for a check that raises")
+    args = parser.parse_args([] if argv is None else argv)
+    out = sys.stdout if out is None else out
+
+    def say(s=""):
+        print(s, file=out, flush=True)
+
+    say("lstmc self-check")
+    for key, value in build_info():
+        say("  %-9s %s" % (key, value))
+    say()
+    checks = _checks()
+    failed = 0
+    for k, (title, fn) in enumerate(checks):
+        rng = np.random.default_rng([args.seed, k])
+        try:
+            err = fn(rng)
+        except Exception as exc:  # report every failure, then exit 1
+            failed += 1
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            kind = "" if isinstance(exc, CheckFailed) else type(exc).__name__ + ": "
+            say("  FAIL  %s: %s%s" % (title, kind, msg))
+            if args.verbose and not isinstance(exc, CheckFailed):
+                traceback.print_exc(file=out)
+        else:
+            say("  ok    %-52s max rel err %.1e" % (title, err))
+    say()
+    if failed:
+        say("%d of %d checks FAILED" % (failed, len(checks)))
+        return 1
+    say("all %d checks passed" % len(checks))
+    return 0
