@@ -72,7 +72,7 @@ extensions = [
     # The kernels, the sequence loop and the entry points of the layers.
     extension("_cell", ["src/_gates.h", "src/_blas.pxd", "src/_cell.pxd"]),
     # The benchmark's BLAS floor: the same BLAS calls, looped in C.
-    extension("_floor", ["src/_blas.pxd"]),
+    extension("_floor", ["src/_blas.pxd", "src/_gates.h"]),
 ]
 
 setup(

@@ -526,9 +526,10 @@ def cell_backward(object layer, object dh_next, object dc_next):
 # ----------------------------------------------------------- the sequence
 
 # Working memory of train=False: the input projection is done for a chunk of
-# steps at a time, at most this many elements (or one step), so memory stays
-# O(N*H) however long the sequence is.
-cdef Py_ssize_t _CHUNK_ELEMS = 1 << 18
+# steps at a time, at most this many gate elements (or 8 steps), so memory
+# stays O(N*H) however long the sequence is.
+cdef Py_ssize_t _CHUNK_ELEMS = 1 << 20
+cdef Py_ssize_t _CHUNK_MIN_STEPS = 8
 
 ctypedef struct Seq:
     Py_ssize_t N, T, D, H
@@ -549,6 +550,7 @@ ctypedef struct Seq:
     char *Hp                      # h_prev of every step (N, T, H): h0, then hs[:, :-1]
     # train=False
     char *Gc                      # gates of a chunk of Tc steps (N, Tc, 4H)
+    char *Xc                      # the chunk's inputs gathered (N, Tc, D), when N > 1
     Py_ssize_t Tc
     # backward
     char *dhs                     # IN  (N, T, H), strides sdn, sdt in elements
@@ -611,27 +613,25 @@ cdef int _seq_forward(floating *tag, Seq *s) noexcept nogil:
         _copy_rows(<char *> cT, H * sizeof(floating), <char *> (Cs + (T - 1) * H),
                    T * H * sizeof(floating), N, H * sizeof(floating))
     else:
-        # Inference: project a chunk of steps, then run it; c lives in cT.
+        # Inference: project a chunk of steps with one gemm, then run them; c
+        # lives in cT. One gemm per chunk rather than per step: each gemm call
+        # repacks Wx, which at large sizes costs as much as a small product.
         G = <floating *> s.Gc
         c = cT
-        ldg = s.Tc * G4
         t0 = 0
         while t0 < T:
             tc = min(s.Tc, T - t0)
-            if N == 1 or (t0 == 0 and tc == T and (T == 1 or s.sxn == T * s.sxt)):
-                # One gemm over the whole chunk: N*tc evenly spaced rows.
-                _affine(N * tc, D, G4, xs + t0 * s.sxt, ldx, Wx, 0, G, G4)
-                ldg = tc * G4
-            elif tc >= N:
-                ldg = s.Tc * G4
-                for n in range(N):                              # G[n] = xs[n, t0:t0+tc] @ Wx
-                    _affine(tc, D, G4, xs + n * s.sxn + t0 * s.sxt, s.sxt, Wx, 0,
-                            G + n * ldg, G4)
-            else:
-                ldg = s.Tc * G4
-                for t in range(tc):                             # G[:, t] = xs[:, t0+t] @ Wx
-                    _affine(N, D, G4, xs + (t0 + t) * s.sxt, s.sxn, Wx, 0,
-                            G + t * G4, ldg)
+            if N == 1:                                          # rows xs[0, t0:t0+tc]
+                _affine(tc, D, G4, xs + t0 * s.sxt, ldx, Wx, 0, G, G4)
+            elif tc == T and (T == 1 or s.sxn == T * s.sxt):    # all N*T rows evenly spaced
+                _affine(N * T, D, G4, xs, ldx, Wx, 0, G, G4)
+            else:                                               # gather the chunk's rows first
+                for n in range(N):
+                    _copy_rows(s.Xc + n * tc * D * sizeof(floating), D * sizeof(floating),
+                               <char *> (xs + n * s.sxn + t0 * s.sxt), s.sxt * sizeof(floating),
+                               tc, D * sizeof(floating))
+                _affine(N * tc, D, G4, <floating *> s.Xc, D, Wx, 0, G, G4)
+            ldg = tc * G4                                       # G is (N, tc, 4H)
             for t in range(t0, t0 + tc):
                 hp = h0 if t == 0 else hs + (t - 1) * H
                 ldhp = H if t == 0 else T * H
@@ -706,7 +706,7 @@ cdef class TimeWork(_Lock):
     cdef readonly int typenum
     cdef readonly Py_ssize_t D, H
     cdef Py_ssize_t n, t                  # (N, T) the train buffers are for
-    cdef cnp.ndarray G, Cs, TC, Hp, dA, dhc, dcc, Gc
+    cdef cnp.ndarray G, Cs, TC, Hp, dA, dhc, dcc, Gc, Xc
     cdef object xs, c0                    # the cache: inputs of the last train forward
     cdef readonly bint cached
 
@@ -749,11 +749,15 @@ cdef class TimeWork(_Lock):
                     self.n, self.t = N, T
                 s.G, s.Cs, s.TC, s.Hp = _bytes(self.G), _bytes(self.Cs), _bytes(self.TC), _bytes(self.Hp)
             else:
-                s.Tc = max(1, min(T, _CHUNK_ELEMS // max(1, N * 4 * H)))
+                s.Tc = max(1, min(T, max(_CHUNK_MIN_STEPS, _CHUNK_ELEMS // max(1, N * 4 * H))))
                 if self.Gc is None or cnp.PyArray_SIZE(self.Gc) < N * s.Tc * 4 * H:
                     self.Gc = None
                     self.Gc = _empty2(max(1, N * s.Tc), 4 * H, typenum)
+                if N > 1 and (self.Xc is None or cnp.PyArray_SIZE(self.Xc) < N * s.Tc * self.D):
+                    self.Xc = None
+                    self.Xc = _empty2(N * s.Tc, self.D, typenum)
                 s.Gc = _bytes(self.Gc)
+                s.Xc = _bytes(self.Xc) if N > 1 else NULL
             with nogil:
                 if typenum == cnp.NPY_FLOAT32:
                     status = _seq_forward(<float *> NULL, &s)

@@ -9,10 +9,13 @@ lstmc adds on top of this (argument checks, gate loops, allocation) is what
 the benchmark's "x floor" columns show.
 """
 from cython cimport floating
-from libc.string cimport memset
 cimport numpy as cnp
 
-from _blas cimport gemm, gemv_t, gemv_n, ger
+from _blas cimport gemm, gemv_t, gemv_n
+
+cdef extern from "_gates.h" nogil:
+    void lstmc_outer_f(Py_ssize_t M, Py_ssize_t N, const float *x, const float *y, float *A)
+    void lstmc_outer_d(Py_ssize_t M, Py_ssize_t N, const double *x, const double *y, double *A)
 
 import time
 
@@ -37,10 +40,12 @@ cdef void _cell_bwd(floating *Wx, floating *Wh, floating *x, floating *h, floati
                     int N, int D, int H) noexcept nogil:
     cdef int G4 = 4 * H
     if N == 1:
-        memset(dWx, 0, D * G4 * sizeof(floating))
-        ger(D, G4, 1, x, dA, dWx, G4)                      # dWx = outer(x, dA)
-        memset(dWh, 0, H * G4 * sizeof(floating))
-        ger(H, G4, 1, h, dA, dWh, G4)                      # dWh = outer(h, dA)
+        if floating is float:
+            lstmc_outer_f(D, G4, x, dA, dWx)               # dWx = outer(x, dA)
+            lstmc_outer_f(H, G4, h, dA, dWh)               # dWh = outer(h, dA)
+        else:
+            lstmc_outer_d(D, G4, x, dA, dWx)
+            lstmc_outer_d(H, G4, h, dA, dWh)
         gemv_n(D, G4, 1, Wx, G4, dA, 0, dx)                # dx = dA @ Wx.T
         gemv_n(H, G4, 1, Wh, G4, dA, 0, dh)                # dh = dA @ Wh.T
     else:

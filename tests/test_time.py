@@ -696,3 +696,26 @@ def test_non_native_byte_order_never_silently_wrong(rng, dtype, arg):
     for got, name in ((hs, "hs"), (dxs, "dxs"), (layer.h, "h"), (layer.c, "c"), (layer.dh, "dh")):
         np.testing.assert_allclose(np.asarray(got, dtype=np.float64), ref[name],
                                    rtol=rtol, atol=atol, err_msg=f"{name} with {arg} {swapped.str}")
+
+
+@pytest.mark.parametrize("layout", ["c", "strided"])
+def test_inference_in_several_chunks_matches_training_forward(layout):
+    # train=False projects the inputs a chunk of steps at a time (O(N*H) memory);
+    # N*4H = 3072 gives chunks of ~341 steps, so T = 700 spans three of them,
+    # the last one partial, and N > 1 takes the gather-then-gemm path.
+    rng = np.random.default_rng(7)
+    N, T, D, H = 3, 700, 4, 256
+    Wx, Wh, b = [(rng.standard_normal(s) * 0.2) for s in ((D, 4 * H), (H, 4 * H), (4 * H,))]
+    xs = rng.standard_normal((N, T, D))
+    if layout == "strided":
+        xs = np.repeat(xs, 2, axis=1)[:, ::2]
+    layer = lstmc.TimeLSTM(Wx, Wh, b, stateful=True)
+    layer.set_state(rng.standard_normal((N, H)), rng.standard_normal((N, H)))
+    h0, c0 = layer.h, layer.c
+    hs_inf = layer.forward(xs, train=False)
+    h_inf, c_inf = layer.h, layer.c
+    layer.set_state(h0, c0)
+    hs_train = layer.forward(xs)
+    np.testing.assert_allclose(hs_inf, hs_train, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(h_inf, layer.h, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(c_inf, layer.c, rtol=1e-12, atol=1e-13)
