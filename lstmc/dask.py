@@ -1,0 +1,193 @@
+"""Batch inference on Dask: score more sequences than one machine holds.
+
+lstmc builds no cluster of its own; it runs on Dask. ``predict`` turns an
+(N, T, D) array, chunked along the batch axis, into a lazy array of hidden
+states that any Dask scheduler computes: threads, processes, or a cluster.
+Scoring a Zarr array, or a ``.npy`` file on a filesystem the workers share
+(``from_npy`` opens it as a read-only memmap on each worker), on a cluster::
+
+    import dask.array as da, lstmc, lstmc.dask
+    from dask.distributed import Client
+    client = Client("tcp://scheduler:8786")        # Client() for a local cluster
+    xs = da.from_zarr("s3://bucket/seqs.zarr")     # or lstmc.dask.from_npy("/shared/seqs.npy")
+    lstmc.dask.predict(lstmc.load("model.npz"), xs, last_only=True).to_zarr("s3://bucket/h.zarr")
+
+How the work is split. Each block of rows goes to ``TimeLSTM.forward(block,
+train=False)``: sequences are independent (the layer's held state, if it is
+stateful, is not used), so any split along the batch axis gives the same
+numbers. The whole-array forward and the blockwise one are bit-for-bit equal
+as long as no block has exactly one row (a one-row batch goes to BLAS gemv
+instead of gemm, which may round differently in the last bit).
+
+How the weights travel. ``predict`` copies the layer's weights ``(Wx, Wh, b)``
+once (so later training steps do not change a lazy result) and puts that copy
+into the task graph once, under its own key (``lstmc-weights-<hash of the
+weights>``); every block task names that key instead of carrying the arrays.
+This works with every scheduler because it is plain Dask graph structure:
+
+- distributed: the graph goes to the scheduler with the weights in it once;
+  the worker that materializes the key keeps it in memory and every other
+  worker fetches it once, like any shared dependency (Dask's retry after a lost
+  worker recomputes it like any other key);
+- threads / synchronous: nothing is pickled; all blocks read the one copy;
+- processes (``dask.multiprocessing``): that scheduler sends each task's inputs
+  along with it, so there the weights travel with every block; prefer
+  distributed (``Client(processes=True)``) for process-level parallelism.
+
+The key is a one-chunk 0-d dask array rather than a ``dask.delayed`` object,
+because Dask's array-expression backend (``array.query-planning``) drops a
+delayed argument's graph in ``map_blocks``. Blocks do not share a layer object
+(a layer serializes its own calls with a lock, and ``h`` would be shared): each
+builds a TimeLSTM on the shared read-only weights (microseconds), so blocks
+run in parallel threads with the GIL released.
+
+Needs the ``dask`` extra: ``pip install "lstmc[dask]"`` (Dask's array module;
+``distributed`` for clusters). ``import lstmc`` never imports Dask.
+"""
+import math
+import os
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "lstmc.dask needs Dask, which is not installed: "
+        "pip install \"lstmc[dask]\" (dask[array] and distributed)") from exc
+
+from ._layers import LSTM, TimeLSTM
+
+__all__ = ["predict", "from_npy"]
+
+# Rows per block when predict() or from_npy() chooses the chunks: about this
+# many bytes of input or output per block. An LSTM block computes for a long
+# time per byte (tens of ms for 16 MiB), which keeps Dask's per-task overhead
+# negligible while leaving enough blocks to share among workers.
+_BLOCK_BYTES = 16 * 2**20
+
+
+def _even_chunks(n, rows):
+    """n rows in blocks of at most `rows`, sizes as equal as possible (so no
+    lone one-row block at the end when n > 1)."""
+    if n == 0:
+        return (0,)
+    k = math.ceil(n / max(1, rows))
+    q, r = divmod(n, k)
+    return (q + 1,) * r + (q,) * (k - r)
+
+
+def _rows_for(row_bytes):
+    return max(1, _BLOCK_BYTES // max(1, row_bytes))
+
+
+def _forward_block(xs, weights, last_only):
+    """One block: hs (n, T, H), or the last h (n, H), for xs (n, T, D)."""
+    Wx, Wh, b = weights.item() if isinstance(weights, np.ndarray) else weights
+    layer = TimeLSTM(Wx, Wh, b)       # its own scratch buffers; weights shared, read only
+    hs = layer.forward(xs, train=False)
+    return layer.h if last_only else hs
+
+
+def predict(layer, xs, *, last_only=False):
+    """Lazy hidden states of `layer` over xs, computed block by block on Dask.
+
+    layer: a TimeLSTM or an LSTM (its weights, run over the sequence); its
+        weights are copied now, and its held state is ignored (every sequence
+        starts from zeros).
+    xs: (N, T, D) of the layer's dtype: a dask array chunked along N (T and D
+        are rechunked to one chunk when they are split; the batch chunks are
+        kept), or an array-like (NumPy array, Zarr array, ...) that is wrapped
+        with ``dask.array.from_array`` in blocks of about 16 MiB. An in-memory
+        NumPy array, or a ``numpy.memmap``, travels inside the graph: on a
+        cluster, read the data where it lives (``dask.array.from_zarr``,
+        ``from_npy``) instead.
+    last_only: False -> hs (N, T, H); True -> the last step's h (N, H), what a
+        classifier reads (zeros when T == 0).
+
+    Returns a dask array of the layer's dtype, chunked like xs along N; call
+    ``.compute()`` (any scheduler), ``.to_zarr(...)``, ``.store(...)``.
+    Raises TypeError for a wrong layer or dtype, ValueError for a wrong shape,
+    before anything runs.
+    """
+    if not isinstance(layer, (TimeLSTM, LSTM)):
+        raise TypeError(f"layer must be an lstmc.TimeLSTM or lstmc.LSTM; "
+                        f"got {type(layer).__name__}")
+    dtype, D, H = layer.dtype, layer.input_size, layer.hidden_size
+
+    if not isinstance(xs, da.Array) and not all(
+            hasattr(xs, a) for a in ("shape", "dtype", "__getitem__")):
+        xs = np.asarray(xs)
+    shape = tuple(xs.shape)
+    if np.dtype(xs.dtype) != dtype:
+        raise TypeError(f"xs has dtype {xs.dtype}; expected {dtype}")
+    if len(shape) != 3 or shape[2] != D:
+        raise ValueError(f"xs has shape {shape}; expected (N, T, {D})")
+    N, T = shape[:2]
+    if not isinstance(xs, da.Array):
+        rows = _rows_for(T * max(D, H) * dtype.itemsize)
+        xs = da.from_array(xs, chunks=(_even_chunks(N, rows), T, D))
+    if math.isnan(T):
+        raise ValueError(f"xs has an unknown number of time steps (shape {shape}); "
+                         "call xs.compute_chunk_sizes() first")
+    if xs.numblocks[1] > 1 or xs.numblocks[2] > 1:
+        xs = xs.rechunk({1: -1, 2: -1})
+
+    params = [np.array(p, order="C", copy=True) for p in layer.params]
+    token = dask.base.tokenize(*params)
+    holder = np.empty((), dtype=object)
+    holder[()] = tuple(params)
+    weights = da.from_array(holder, chunks=(), name=f"lstmc-weights-{token}")
+
+    # A name of our own (not map_blocks' token=, deprecated in the array-expression
+    # backend) so the blocks show as lstmc-predict-... on the dashboard.
+    name = f"lstmc-predict-{dask.base.tokenize(xs.name, weights.name, last_only)}"
+    if last_only:
+        return da.map_blocks(_forward_block, xs, weights, last_only=True,
+                             drop_axis=1, chunks=(xs.chunks[0], (H,)), dtype=dtype,
+                             meta=np.empty((0, 0), dtype), name=name)
+    return da.map_blocks(_forward_block, xs, weights, last_only=False,
+                         chunks=(xs.chunks[0], (T,), (H,)), dtype=dtype,
+                         meta=np.empty((0, 0, 0), dtype), name=name)
+
+
+class _NpyFile:
+    """A .npy file, as an array-like that dask.array.from_array can slice.
+
+    It pickles as its path, so a graph built on it carries no data: each read
+    opens the file as a read-only memmap where the task runs and copies out the
+    rows asked for.
+    """
+
+    def __init__(self, path):
+        self.path = os.path.abspath(os.fspath(path))
+        m = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = m.shape, m.dtype, m.ndim
+        st = os.stat(self.path)
+        self._stamp = (self.path, st.st_size, st.st_mtime_ns)
+
+    def __dask_tokenize__(self):
+        return self._stamp
+
+    def __getitem__(self, key):
+        return np.array(np.load(self.path, mmap_mode="r")[key])
+
+
+def from_npy(path, rows=None):
+    """A dask array (N, ...) over a .npy file, read on the workers.
+
+    Each block opens the file as a read-only memmap where it runs (the graph
+    holds the path, not the data), so every worker must see the file at the
+    same path (a shared filesystem). rows: rows per block; None chooses blocks
+    of about 16 MiB, of nearly equal sizes.
+    """
+    f = _NpyFile(path)
+    if f.ndim == 0:
+        raise ValueError(f"{f.path!r} holds a 0-d array; expected (N, ...)")
+    N = f.shape[0]
+    if rows is None:
+        rows = _rows_for(math.prod(f.shape[1:]) * f.dtype.itemsize)
+    chunks = (_even_chunks(N, int(rows)),) + tuple(f.shape[1:])
+    return da.from_array(f, chunks=chunks, name=f"lstmc-npy-{dask.base.tokenize(f)}",
+                         meta=np.empty((0,) * f.ndim, f.dtype))

@@ -1,0 +1,337 @@
+"""lstmc.dask: scoring block by block on Dask gives the single-process
+TimeLSTM's numbers bit for bit, on every scheduler, on a real two-process
+cluster, and after a worker is killed mid-computation; the weights are in the
+graph once; bad inputs fail before anything runs; Dask stays optional."""
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import lstmc
+
+try:
+    import dask
+    import dask.array as da
+    import lstmc.dask as ldask
+except ImportError:
+    dask = None
+try:
+    import distributed
+except ImportError:
+    distributed = None
+
+needs_dask = pytest.mark.skipif(
+    dask is None, reason="needs dask[array], not installed (pip install 'lstmc[dask]')")
+needs_distributed = pytest.mark.skipif(
+    dask is None or distributed is None,
+    reason="needs dask[array] and distributed, not both installed (pip install 'lstmc[dask]')")
+
+TIMEOUT = 60   # seconds any one computation may take before the test fails
+
+
+def _layer(dtype, D=16, H=24, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = ((D, 4 * H), (H, 4 * H), (4 * H,))
+    return lstmc.TimeLSTM(*[(rng.standard_normal(s) * 0.3).astype(dtype) for s in shapes])
+
+
+def _data(dtype, N=300, T=9, D=16, seed=1):
+    return np.random.default_rng(seed).standard_normal((N, T, D)).astype(dtype)
+
+
+def _reference(layer, x):
+    """The single-process answer: one TimeLSTM.forward over the whole array."""
+    hs = layer.forward(x, train=False)
+    return hs, layer.h.copy()
+
+
+def _child(code):
+    """Run code in a fresh interpreter that imports the same lstmc as this one."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(lstmc.__file__)))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+# ---------------------------------------------------------------- Dask stays optional
+
+def test_import_lstmc_does_not_import_dask():
+    r = _child("import sys, lstmc; assert 'dask' not in sys.modules, 'dask imported'")
+    assert r.returncode == 0, r.stderr
+
+
+def test_missing_dask_raises_importerror_naming_the_extra():
+    r = _child("import sys; sys.modules['dask'] = None\n"
+               "try:\n    import lstmc.dask\n"
+               "except ImportError as e:\n    print(e)\n"
+               "else:\n    raise SystemExit('no ImportError')")
+    assert r.returncode == 0, r.stderr
+    assert "lstmc[dask]" in r.stdout
+
+
+# ---------------------------------------------------------------- local schedulers
+
+@needs_dask
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_local_schedulers_equal_single_process_exactly(dtype):
+    layer = _layer(dtype)
+    x = _data(dtype)
+    hs, h = _reference(layer, x)
+    # Batch chunks of 40 (the last 20), time and features split: predict rechunks them.
+    xs = da.from_array(x, chunks=(40, 4, 8))
+    full, last = ldask.predict(layer, xs), ldask.predict(layer, xs, last_only=True)
+    assert full.shape == hs.shape and full.dtype == dtype and full.numblocks == (8, 1, 1)
+    assert last.shape == h.shape and last.dtype == dtype and last.numblocks == (8, 1)
+    for scheduler in ("sync", "threads"):
+        np.testing.assert_array_equal(full.compute(scheduler=scheduler), hs)
+        np.testing.assert_array_equal(last.compute(scheduler=scheduler), h)
+    # Both at once from one graph, in separate processes.
+    got_full, got_last = dask.compute(full, last, scheduler="processes", num_workers=2)
+    np.testing.assert_array_equal(got_full, hs)
+    np.testing.assert_array_equal(got_last, h)
+
+
+@needs_dask
+def test_numpy_input_lstm_cell_and_stateful_layer():
+    layer = _layer(np.float64)
+    x = _data(np.float64, N=50)
+    hs, h = _reference(layer, x)
+    # A NumPy array is wrapped; an LSTM cell's weights run over the sequence.
+    np.testing.assert_array_equal(ldask.predict(layer, x).compute(), hs)
+    cell = lstmc.LSTM(*layer.params)
+    np.testing.assert_array_equal(ldask.predict(cell, x, last_only=True).compute(), h)
+    # A stateful layer's held state is ignored: every sequence starts from zeros.
+    stateful = lstmc.TimeLSTM(*layer.params, stateful=True)
+    stateful.set_state(np.ones((50, 24)))
+    np.testing.assert_array_equal(ldask.predict(stateful, x).compute(), hs)
+
+
+@needs_dask
+def test_weights_are_a_snapshot():
+    layer = _layer(np.float64)
+    x = _data(np.float64, N=20)
+    hs, _ = _reference(layer, x)
+    lazy = ldask.predict(layer, x)
+    layer.params[0][...] = 0                      # a later training step
+    np.testing.assert_array_equal(lazy.compute(), hs)
+
+
+@needs_dask
+def test_empty_batch_and_no_time_steps():
+    layer = _layer(np.float32)
+    assert ldask.predict(layer, np.zeros((0, 5, 16), np.float32)).compute().shape == (0, 5, 24)
+    last = ldask.predict(layer, np.zeros((3, 0, 16), np.float32), last_only=True).compute()
+    np.testing.assert_array_equal(last, np.zeros((3, 24), np.float32))
+
+
+@needs_dask
+def test_errors_before_anything_runs():
+    layer = _layer(np.float64)
+    with pytest.raises(TypeError, match=r"xs has dtype float32; expected float64"):
+        ldask.predict(layer, da.zeros((4, 3, 16), dtype=np.float32, chunks=2))
+    with pytest.raises(TypeError, match=r"xs has dtype int64"):
+        ldask.predict(layer, [[[1] * 16]])
+    with pytest.raises(ValueError, match=r"xs has shape \(4, 3, 15\); expected \(N, T, 16\)"):
+        ldask.predict(layer, da.zeros((4, 3, 15), chunks=2))
+    with pytest.raises(ValueError, match=r"xs has shape \(4, 16\)"):
+        ldask.predict(layer, np.zeros((4, 16)))
+    with pytest.raises(TypeError, match=r"layer must be an lstmc.TimeLSTM or lstmc.LSTM"):
+        ldask.predict(layer.params, np.zeros((4, 3, 16)))
+
+
+# ---------------------------------------------------------------- the layer goes in once
+
+class _CountingPickler(pickle.Pickler):
+    """Pickles to a buffer, counting every reference to an array equal to one of
+    `targets` (persistent_id sees each object before pickle's memo does)."""
+
+    def __init__(self, targets, counts):
+        super().__init__(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
+        self.targets, self.counts = targets, counts
+
+    def persistent_id(self, obj):
+        if isinstance(obj, np.ndarray):
+            for k, t in enumerate(self.targets):
+                if obj.shape == t.shape and obj.dtype == t.dtype and np.array_equal(obj, t):
+                    self.counts[k] += 1
+        return None
+
+
+def _count_in_tasks(graph, targets):
+    """How many of the graph's tasks, each pickled on its own (as a scheduler
+    ships them), carry a copy of each target array."""
+    counts = [0] * len(targets)
+    for task in graph.values():
+        _CountingPickler(targets, counts).dump(task)
+    return counts
+
+
+def _optimized_graph(arr):
+    """The task graph a scheduler receives (after Dask's optimizations)."""
+    if hasattr(arr, "expr"):                      # the array-expression backend
+        arr = arr.optimize()
+    else:
+        (arr,) = dask.optimize(arr)
+    return dict(arr.__dask_graph__())
+
+
+@needs_dask
+@pytest.mark.parametrize("last_only", [False, True])
+def test_weights_are_in_the_graph_once(last_only):
+    layer = _layer(np.float64, D=64, H=64)
+    x = _data(np.float64, N=160, T=3, D=64)
+    graph = _optimized_graph(ldask.predict(layer, da.from_array(x, chunks=(16, 3, 64)),
+                                           last_only=last_only))
+    assert len(graph) >= 10                      # ten block tasks, and more
+    assert _count_in_tasks(graph, layer.params) == [1, 1, 1]
+
+
+# ---------------------------------------------------------------- a real cluster
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+    with warnings.catch_warnings():
+        # No dashboard, but the scheduler's HTTP endpoint (health checks) still
+        # wants port 8787 on 127.0.0.1 and warns when another cluster holds it.
+        warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+    c = Client(cluster, timeout=TIMEOUT)
+    try:
+        c.wait_for_workers(2, timeout=TIMEOUT)
+        yield c
+    finally:
+        c.close(timeout=TIMEOUT)
+        cluster.close(timeout=TIMEOUT)
+
+
+@needs_distributed
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_local_cluster_equals_single_process_exactly(client, dtype):
+    layer = _layer(dtype)
+    x = _data(dtype, N=400)
+    hs, h = _reference(layer, x)
+    xs = da.from_array(x, chunks=(50, 9, 16))     # 8 blocks over 2 worker processes
+    full, last = ldask.predict(layer, xs), ldask.predict(layer, xs, last_only=True)
+    full, last = client.persist([full, last])      # blocks stay on the workers
+    distributed.wait([full, last], timeout=TIMEOUT)
+    # Both worker processes computed blocks.
+    assert len(client.run_on_scheduler(_workers_of_prefix, prefix="lstmc-predict")) == 2
+    got_full, got_last = (f.result(timeout=TIMEOUT) for f in client.compute([full, last]))
+    np.testing.assert_array_equal(got_full, hs)
+    np.testing.assert_array_equal(got_last, h)
+
+
+def _workers_of_prefix(dask_scheduler, prefix):
+    """{worker address: how many results named prefix-... it holds}."""
+    out = {}
+    for ts in dask_scheduler.tasks.values():
+        if _named(ts.key, prefix) and ts.state == "memory":
+            for ws in ts.who_has or ():
+                out[ws.address] = out.get(ws.address, 0) + 1
+    return out
+
+
+def _named(key, prefix):
+    """Whether a task key (a tuple, or its str in older distributed) is prefix-..."""
+    return str(key[0] if isinstance(key, tuple) else key).lstrip("('\"").startswith(prefix)
+
+
+if distributed is not None:
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class _Recomputes(SchedulerPlugin):
+        """Counts, on the scheduler, how often each lstmc-predict block is finished."""
+        name = "lstmc-test-recomputes"
+
+        def __init__(self):
+            self.finished = {}
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if finish == "memory" and _named(key, "lstmc-predict"):
+                self.finished[key] = self.finished.get(key, 0) + 1
+
+
+def _recomputed(dask_scheduler):
+    """How many lstmc-predict blocks were finished more than once."""
+    plugin = dask_scheduler.plugins[_Recomputes.name]
+    return sum(n > 1 for n in plugin.finished.values())
+
+
+@needs_distributed
+def test_killed_worker_is_retried_and_result_is_exact(client):
+    dtype = np.float64
+    layer = _layer(dtype)
+    x = _data(dtype, N=480)
+    hs, h = _reference(layer, x)
+
+    def slow(block):                              # pickled by value (nested function)
+        time.sleep(0.05)
+        return block
+
+    # 48 blocks of 10 rows; each takes >= 50 ms, so the job takes >= 1.2 s on 2 workers.
+    xs = da.from_array(x, chunks=(10, 9, 16)).map_blocks(slow, dtype=dtype)
+    full, last = ldask.predict(layer, xs), ldask.predict(layer, xs, last_only=True)
+    # register_plugin since distributed 2023.9; register_scheduler_plugin before.
+    register = getattr(client, "register_plugin", None) or client.register_scheduler_plugin
+    register(_Recomputes())
+    try:
+        _kill_a_worker_midway(client, full, last, hs, h)
+    finally:
+        unregister = getattr(client, "unregister_scheduler_plugin", None)  # 2023.4+
+        if unregister is not None:
+            unregister(_Recomputes.name)
+
+
+def _kill_a_worker_midway(client, full, last, hs, h):
+    """Compute full and last; SIGKILL a worker holding finished blocks; check."""
+    futures = client.compute([full, last])
+
+    # Wait until some blocks are done (held by a worker), then kill that worker's
+    # process: its results are lost and its running task dies with it.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        held = client.run_on_scheduler(_workers_of_prefix, prefix="lstmc-predict")
+        if held and max(held.values()) >= 3:
+            break
+        assert time.monotonic() < deadline, "the computation did not start"
+        assert not all(f.done() for f in futures), "finished before the kill"
+        time.sleep(0.01)
+    victim = max(held, key=held.get)
+    pids = client.run(os.getpid)
+    assert not all(f.done() for f in futures), "finished before the kill"
+    os.kill(pids[victim], signal.SIGKILL)
+
+    got_full, got_last = (f.result(timeout=TIMEOUT) for f in futures)  # lost work is redone
+    np.testing.assert_array_equal(got_full, hs)
+    np.testing.assert_array_equal(got_last, h)
+    # The blocks the victim held were computed again, elsewhere or on its successor.
+    assert client.run_on_scheduler(_recomputed) >= held[victim]
+    # The nanny restarted the worker: two workers again, the victim gone.
+    client.wait_for_workers(2, timeout=TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while victim in client.scheduler_info()["workers"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert victim not in client.scheduler_info()["workers"]
+
+
+@needs_distributed
+def test_npy_file_is_read_on_the_workers(client, tmp_path):
+    layer = _layer(np.float32)
+    x = _data(np.float32, N=120)
+    path = tmp_path / "xs.npy"
+    np.save(path, x)
+    xs = ldask.from_npy(path, rows=30)
+    assert xs.chunks[0] == (30, 30, 30, 30)
+    # The graph holds the path, not the data.
+    assert sum(len(pickle.dumps(t)) for t in _optimized_graph(xs).values()) < x.nbytes // 4
+    _, h = _reference(layer, x)
+    got = client.compute(ldask.predict(layer, xs, last_only=True)).result(timeout=TIMEOUT)
+    np.testing.assert_array_equal(got, h)
