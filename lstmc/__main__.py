@@ -7,46 +7,18 @@ This module only parses arguments and dispatches; the work lives in ``_train``,
 stderr and exit code 2, never a traceback.
 """
 
-import argparse
 import os
 import sys
 
+from lstmc._cli import Parser, nonnegative_int, positive
+
 PROG = "python -m lstmc"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, PROG))
-
-
-def _positive(kind):
-    def convert(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                "%r is not %s" % (text, "an integer" if kind is int else "a number"))
-        if not value > 0:
-            raise argparse.ArgumentTypeError("must be positive, got %s" % text)
-        return value
-    convert.__name__ = kind.__name__
-    return convert
-
-
-def _nonnegative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not an integer" % text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0, got %s" % text)
-    return value
 
 
 def _train_parser():
     from lstmc import _train as t
 
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description="Train a character-level language model whose recurrent layer is "
         "lstmc.TimeLSTM (embedding, affine, softmax and Adam in plain NumPy), report "
@@ -55,14 +27,14 @@ def _train_parser():
         "benchmarks." % (PROG, PROG))
     p.add_argument("--corpus", metavar="FILE",
                    help="UTF-8 text to learn (default: the Python help topics in pydoc_data)")
-    p.add_argument("--hidden", type=_positive(int), default=t.DEFAULT_HIDDEN, metavar="H",
+    p.add_argument("--hidden", type=positive(int), default=t.DEFAULT_HIDDEN, metavar="H",
                    help="LSTM hidden size (default %(default)s)")
-    p.add_argument("--steps", type=_positive(int), metavar="N",
+    p.add_argument("--steps", type=positive(int), metavar="N",
                    help="train exactly N steps, with no time limit (default: up to %d steps "
                    "or %g s, whichever comes first)" % (t.DEFAULT_STEPS, t.DEFAULT_SECONDS))
-    p.add_argument("--seconds", type=_positive(float), metavar="S",
+    p.add_argument("--seconds", type=positive(float), metavar="S",
                    help="train for S seconds (ignored when --steps is given)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0,
+    p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed for the weights and the sample (default %(default)s)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="floating type of all weights (default %(default)s)")
@@ -70,16 +42,16 @@ def _train_parser():
                    help="save the trained TimeLSTM weights there (lstmc.save; an .npz file)")
     p.add_argument("--plot", metavar="PATH",
                    help="write a PNG loss curve (needs matplotlib)")
-    p.add_argument("--batch", type=_positive(int), default=t.DEFAULT_BATCH, metavar="N",
+    p.add_argument("--batch", type=positive(int), default=t.DEFAULT_BATCH, metavar="N",
                    help="parallel text streams per step (default %(default)s)")
-    p.add_argument("--bptt", type=_positive(int), default=t.DEFAULT_BPTT, metavar="T",
+    p.add_argument("--bptt", type=positive(int), default=t.DEFAULT_BPTT, metavar="T",
                    help="characters per stream per step (default %(default)s)")
-    p.add_argument("--threads", type=_nonnegative_int, metavar="N",
+    p.add_argument("--threads", type=nonnegative_int, metavar="N",
                    help="BLAS threads while training (default 1, fastest for these small "
                    "matrices; 0: the BLAS default; needs threadpoolctl)")
-    p.add_argument("--temperature", type=_positive(float), default=0.8, metavar="X",
+    p.add_argument("--temperature", type=positive(float), default=0.8, metavar="X",
                    help="sampling temperature (default %(default)s)")
-    p.add_argument("--length", type=_nonnegative_int, default=320, metavar="N",
+    p.add_argument("--length", type=nonnegative_int, default=320, metavar="N",
                    help="characters to sample (default %(default)s)")
     return p
 

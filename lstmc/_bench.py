@@ -45,7 +45,6 @@ and on two (OpenBLAS pinned to one thread with threadpoolctl), and reports the
 speed-up; for reference also on one Python thread with OpenBLAS's own threads.
 """
 
-import argparse
 import functools
 import gc
 import itertools
@@ -60,6 +59,7 @@ import time
 import numpy as np
 
 import lstmc
+from lstmc._cli import Parser, positive
 from lstmc import convert
 
 __all__ = ["main", "NumpyLSTM", "NumpyTimeLSTM"]
@@ -1112,26 +1112,8 @@ class _Null:
 
 # --------------------------------------------------------------------------- main
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, PROG))
-
-
-def _positive(kind):
-    def convert_(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("%r is not a number" % text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError("must be positive, got %s" % text)
-        return value
-    convert_.__name__ = kind.__name__
-    return convert_
-
-
 def build_parser():
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description="Benchmark lstmc.LSTM and lstmc.TimeLSTM against a NumPy "
         "implementation, torch and onnxruntime (when installed) and the compiled BLAS "
@@ -1141,12 +1123,12 @@ def build_parser():
     p.add_argument("--quick", action="store_true",
                    help="one small case per section, %d rounds, ~%g ms batches "
                    "(a smoke test, not a measurement)" % (QUICK_ROUNDS, QUICK_TARGET_MS))
-    p.add_argument("--rounds", type=_positive(int), metavar="N",
+    p.add_argument("--rounds", type=positive(int), metavar="N",
                    help="alternating rounds (default %d, %d with --quick)"
                    % (DEFAULT_ROUNDS, QUICK_ROUNDS))
     p.add_argument("--dtype", choices=("float32", "float64", "both"),
                    help="dtype(s) to run (default: cell both, seq and threads float32)")
-    p.add_argument("--target-ms", type=_positive(float), metavar="MS",
+    p.add_argument("--target-ms", type=positive(float), metavar="MS",
                    help="length of one timed batch (default %g, %g with --quick)"
                    % (DEFAULT_TARGET_MS, QUICK_TARGET_MS))
     p.add_argument("--max-minutes", type=float, default=DEFAULT_MAX_MINUTES, metavar="M",
@@ -1154,9 +1136,9 @@ def build_parser():
                    "the machine is slow, cases stop after " + str(MIN_ROUNDS) + " rounds "
                    "or at their share of the budget (the 'rounds' column says how many ran)")
     p.add_argument("--json", metavar="PATH", help="write the medians and raw samples as JSON")
-    p.add_argument("--torch-threads", type=_positive(int), metavar="N",
+    p.add_argument("--torch-threads", type=positive(int), metavar="N",
                    help="torch.set_num_threads (default: the number of cores)")
-    p.add_argument("--ort-threads", type=_positive(int), metavar="N",
+    p.add_argument("--ort-threads", type=positive(int), metavar="N",
                    help="onnxruntime intra-op threads (default: the number of cores)")
     p.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     p.add_argument("--no-onnxruntime", action="store_true",

@@ -120,11 +120,13 @@ def _check_list(layer, attr, names, writable):
 
 
 def layer_params(layer):
+    """Raise the error that explains why layer.params is not usable."""
     _check_list(layer, "params", ("Wx", "Wh", "b"), False)
     raise AssertionError("lstmc: params passed the slow check but not the fast one")
 
 
 def layer_grads(layer):
+    """Raise the error that explains why layer.grads is not usable."""
     _check_list(layer, "grads", ("dWx", "dWh", "db"), True)
     raise AssertionError("lstmc: grads passed the slow check but not the fast one")
 

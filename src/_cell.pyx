@@ -336,16 +336,26 @@ cdef inline void _copy_rows(char *dst, Py_ssize_t ldd, const char *src, Py_ssize
         memcpy(dst + r * ldd, src + r * lds, nbytes)
 
 
-cdef object _params(object layer, int typenum, Py_ssize_t D, Py_ssize_t H,
-                    char **pWx, char **pWh, char **pb):
-    params = layer.params
-    if type(params) is list and len(<list> params) == 3:
-        if (_cmat((<list> params)[0], typenum, D, 4 * H, False, pWx)
-                and _cmat((<list> params)[1], typenum, H, 4 * H, False, pWh)
-                and _vec((<list> params)[2], typenum, 4 * H, False, pb)):
-            return params
-    _validate.layer_params(layer)         # raises, naming the offending array
-    raise AssertionError("unreachable")
+cdef inline bint _three(object items, int typenum, Py_ssize_t D, Py_ssize_t H, bint writable,
+                        char **p0, char **p1, char **p2) noexcept:
+    """True when items is a list of three C-contiguous arrays shaped like
+    [Wx, Wh, b]: (D, 4H), (H, 4H), (4H,). Fills their data pointers."""
+    return (type(items) is list and len(<list> items) == 3
+            and _cmat((<list> items)[0], typenum, D, 4 * H, writable, p0)
+            and _cmat((<list> items)[1], typenum, H, 4 * H, writable, p1)
+            and _vec((<list> items)[2], typenum, 4 * H, writable, p2))
+
+
+cdef void _params(object layer, int typenum, Py_ssize_t D, Py_ssize_t H,
+                  char **pWx, char **pWh, char **pb) except *:
+    if not _three(layer.params, typenum, D, H, False, pWx, pWh, pb):
+        _validate.layer_params(layer)       # raises, naming the offending array
+
+
+cdef void _grads(object layer, int typenum, Py_ssize_t D, Py_ssize_t H,
+                 char **pdWx, char **pdWh, char **pdb) except *:
+    if not _three(layer.grads, typenum, D, H, True, pdWx, pdWh, pdb):
+        _validate.layer_grads(layer)        # raises, naming the offending array
 
 
 cdef object _rows(object a, str name, int typenum, Py_ssize_t rows, Py_ssize_t cols, Mat *m):
@@ -433,18 +443,6 @@ def cell_forward(object layer, object x, object h_prev, object c_prev, object ou
     if status != 0:
         raise ValueError("lstmc: a size exceeds what BLAS can index (2**31 - 1)")
     return h_next, c_next
-
-
-cdef object _grads(object layer, int typenum, Py_ssize_t D, Py_ssize_t H,
-                   char **pdWx, char **pdWh, char **pdb):
-    grads = layer.grads
-    if type(grads) is list and len(<list> grads) == 3:
-        if (_cmat((<list> grads)[0], typenum, D, 4 * H, True, pdWx)
-                and _cmat((<list> grads)[1], typenum, H, 4 * H, True, pdWh)
-                and _vec((<list> grads)[2], typenum, 4 * H, True, pdb)):
-            return grads
-    _validate.layer_grads(layer)          # raises, naming the offending array
-    raise AssertionError("unreachable")
 
 
 _NO_CACHE = ("backward() needs the cache of a forward(..., train=True) call; "

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import lstmc
+import lstmc._cell
 
-PXD = os.path.join(os.path.dirname(lstmc.__file__), "_cell.pxd")
+PXD = os.path.join(os.path.dirname(lstmc._cell.__file__), "_cell.pxd")
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists(PXD),
