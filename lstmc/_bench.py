@@ -15,6 +15,10 @@ Batches that drift far from the target length are re-sized between rounds, and a
 time budget (``--max-minutes``) is shared out among the cases: a case stops after
 its share (but never before 3 rounds), and the tables say how many rounds ran.
 The "noise" lines give the round-to-round spread, the header the load average.
+Whenever the next batch belongs to another thread pool (SciPy's OpenBLAS, NumPy's
+OpenBLAS, torch, onnxruntime) the rounds pause ``SETTLE`` seconds first: OpenBLAS's
+idle threads spin for ~0.1 s after each call and would otherwise slow down
+whichever library is timed next.
 
 After each section, the issues' targets (issue 3 for the cell, issue 4 for the
 sequence; float32, stated for the OpenBLAS variables unset) are listed with the
@@ -299,6 +303,22 @@ class Budget:
         return now + share
 
 
+# After a call, OpenBLAS's worker threads spin for about 0.1 s (measured here:
+# 0.106 s of CPU consumed during a 0.2 s sleep after one sgemm; torch's OpenMP
+# threads spin ~8 ms). A contender timed right after another library's call
+# would share its cores with those spinning threads, so the rounds pause this
+# long whenever the thread pool changes (SciPy's OpenBLAS: lstmc and the floor;
+# NumPy's OpenBLAS; torch; onnxruntime).
+SETTLE = 0.15
+
+
+def _pool(c):
+    for name in ("numpy", "torch", "ort"):
+        if c.key.startswith(name):
+            return name
+    return "scipy"
+
+
 def run_rounds(contenders, rounds, target, progress=None, deadline=None):
     """Calibrate, then time every contender once per round, order rotated each round;
     stop early (after MIN_ROUNDS) when ``deadline`` (perf_counter seconds) has passed.
@@ -311,11 +331,15 @@ def run_rounds(contenders, rounds, target, progress=None, deadline=None):
         except Exception as exc:  # reported, not fatal: the other contenders still run
             c.error = "%s: %s" % (type(exc).__name__, exc)
     n = len(live)
+    last_pool = None
     for r in range(rounds):
         order = live[r % n:] + live[:r % n] if n else []
         for c in order:
             if c.error is not None:
                 continue
+            if _pool(c) != last_pool:
+                time.sleep(SETTLE)
+                last_pool = _pool(c)
             try:
                 per = c.batch(c.reps)
             except Exception as exc:
