@@ -19,7 +19,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PXDS = ["_cell.pxd", "_blas.pxd"]
 DEBUG = os.environ.get("LSTMC_DEBUG", "") not in ("", "0")
 
-directives = {"language_level": 3}
+# Cython directives, in one place (no file sets its own).
+directives = {"language_level": 3, "boundscheck": False, "wraparound": False,
+              "initializedcheck": False, "nonecheck": False, "cdivision": True}
 if DEBUG:
     directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
 

@@ -5,9 +5,9 @@ and the sequence layer TimeLSTM), with the numeric work in a Cython extension:
 SciPy's BLAS for the matrix products, vectorized C loops for the gates, the GIL
 released.
 """
-import glob as _glob
 import os as _os
 import sys as _sys
+from importlib.machinery import EXTENSION_SUFFIXES as _SUFFIXES
 
 
 def _find_installed_build():
@@ -15,13 +15,15 @@ def _find_installed_build():
     lstmc` in the repository after `pip install .`, where Python puts the
     checkout first on sys.path), lstmc loads its modules from the installed
     build instead. Returns that package folder, or None."""
+    def built(folder):
+        return any(_os.path.exists(_os.path.join(folder, "_cell" + s)) for s in _SUFFIXES)
+
     here = _os.path.dirname(_os.path.abspath(__file__))
-    if _glob.glob(_os.path.join(here, "_cell.*")):
+    if built(here):
         return None
     for entry in _sys.path:
         candidate = _os.path.join(entry or _os.getcwd(), "lstmc")
-        if (_os.path.realpath(candidate) != _os.path.realpath(here)
-                and _glob.glob(_os.path.join(candidate, "_cell.*"))):
+        if _os.path.realpath(candidate) != _os.path.realpath(here) and built(candidate):
             return candidate
     return None
 

@@ -17,7 +17,6 @@ package's code, and is always evaluated in float64. Exit code 0 when every check
 passes, 1 otherwise.
 """
 
-import argparse
 import importlib.machinery
 import os
 import platform
@@ -25,6 +24,8 @@ import sys
 import traceback
 
 import numpy as np
+
+from lstmc._cli import Parser
 
 __all__ = ["main"]
 
@@ -344,13 +345,8 @@ def build_info():
 
 # --------------------------------------------------------------------------- main
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, "%s: error: %s\n" % (self.prog, message))
-
-
 def main(argv=None, out=None):
-    parser = _Parser(prog="python -m lstmc check",
+    parser = Parser(prog="python -m lstmc check",
                      description="Self-test of the installed lstmc build: parity with a "
                      "NumPy implementation and a gradient check; exit 0 when all pass.")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the test data")

@@ -63,8 +63,7 @@ class _Layer:
         self.__dict__.update(state)
         Wx, Wh, b = self.params
         self._work = self._work_class(self.dtype, Wx.shape[0], Wh.shape[0])
-        if hasattr(type(self), "_reset_cache"):
-            self._reset_cache()
+        self._reset_cache()
 
     def __repr__(self):
         return (f"{type(self).__name__}(D={self.input_size}, H={self.hidden_size}, "
@@ -123,7 +122,7 @@ class TimeLSTM(_Layer):
         self.dh = None
 
     def _reset_cache(self):
-        pass
+        pass                    # TimeLSTM's cache lives in its _work
 
     def set_state(self, h, c=None):
         """Hold h (and c; None means zeros) as the state the next forward starts from."""
@@ -141,7 +140,7 @@ class TimeLSTM(_Layer):
         """hs (N, T, H) for xs (N, T, D). train=False keeps nothing for backward:
         working memory O(N*H) whatever T is."""
         D, H = self.input_size, self.hidden_size
-        xs = _validate.sequence(xs, "xs", self.dtype, None, D, uniform=train)
+        xs = _validate.sequence(xs, "xs", self.dtype, None, D, uniform=False)
         N = xs.shape[0]
         h0 = c0 = None
         if self.stateful:

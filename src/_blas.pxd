@@ -9,7 +9,7 @@ No transposed copies are made. Nothing else in lstmc calls cython_blas directly.
 SciPy's prototypes take non-const pointers; the casts from const live here only.
 """
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv, sger, dger
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 
 cdef inline void gemm(char ta, char tb, int m, int n, int k,
@@ -46,13 +46,3 @@ cdef inline void gemv_n(int m, int n, floating alpha, const floating *A, int lda
         sgemv(&t, &n, &m, &alpha, <float *> A, &lda, <float *> x, &one, &beta, y, &one)
     else:
         dgemv(&t, &n, &m, &alpha, <double *> A, &lda, <double *> x, &one, &beta, y, &one)
-
-
-cdef inline void ger(int m, int n, floating alpha, const floating *x, const floating *y,
-                     floating *A, int lda) noexcept nogil:
-    """A += alpha * outer(x, y), A (m, n), x (m,), y (n,)."""
-    cdef int one = 1
-    if floating is float:
-        sger(&n, &m, &alpha, <float *> y, &one, <float *> x, &one, A, &lda)
-    else:
-        dger(&n, &m, &alpha, <double *> y, &one, <double *> x, &one, A, &lda)

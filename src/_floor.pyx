@@ -1,5 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
-# cython: initializedcheck=False, nonecheck=False, cdivision=True
 """lstmc._floor: the BLAS floor for `python -m lstmc bench`.
 
 Each function runs, `reps` times in a nogil C loop (no Python in the loop), the

@@ -52,7 +52,8 @@ LSTMC_INLINE float lstmc_expf_nonpos(float x)
     const float lo = -87.3f;
     float xc = x < lo ? lo : x;                  /* NaN compares false: kept */
     float t = xc * 1.44269504088896341f;         /* x / ln 2 */
-    float kf = (t + 12582912.0f) - 12582912.0f;  /* round to nearest (1.5 * 2^23) */
+    float big = t + 12582912.0f;                 /* 1.5 * 2^23: rounds t to an integer k */
+    float kf = big - 12582912.0f;
     float r = xc - kf * 0.693145751953125f;      /* Cody-Waite: ln2 = hi + lo */
     r = r - kf * 1.428606765330187e-06f;
     /* exp(r) on |r| <= ln2/2 by its Taylor series to r^7 (remainder < 6e-9) */
@@ -63,10 +64,11 @@ LSTMC_INLINE float lstmc_expf_nonpos(float x)
     p = p * r + 1.0f / 6.0f;
     p = p * r + 0.5f;
     p = p * r * r + r + 1.0f;
-    int32_t k = (int32_t)kf;                     /* kf in [-126, 0] */
-    int32_t bits = (k + 127) << 23;
+    uint32_t kbits, sbits;                       /* the low bits of `big` hold k */
+    memcpy(&kbits, &big, sizeof kbits);
+    sbits = (kbits + 127u) << 23;                /* 2^k, k in [-126, 0]; no UB on NaN */
     float scale;
-    memcpy(&scale, &bits, sizeof scale);
+    memcpy(&scale, &sbits, sizeof scale);
     float e = p * scale;
     return x < lo ? 0.0f : e;
 }

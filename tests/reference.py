@@ -191,8 +191,8 @@ def assert_grad_close(analytic, numeric, name):
 def tolerances(dtype):
     """(rtol, atol) for comparing a layer of ``dtype`` with the float64 reference."""
     if np.dtype(dtype) == np.float32:
-        return 1e-4, 1e-5
-    return 1e-10, 1e-12
+        return 1e-5, 1e-6
+    return 1e-12, 1e-14
 
 
 def assert_close(actual, expected, dtype, err_msg=""):
