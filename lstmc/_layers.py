@@ -140,7 +140,7 @@ class TimeLSTM(_Layer):
         """hs (N, T, H) for xs (N, T, D). train=False keeps nothing for backward:
         working memory O(N*H) whatever T is."""
         D, H = self.input_size, self.hidden_size
-        xs = _validate.sequence(xs, "xs", self.dtype, None, D, uniform=False)
+        xs = _validate.sequence(xs, "xs", self.dtype, None, D)
         N = xs.shape[0]
         h0 = c0 = None
         if self.stateful:

@@ -153,15 +153,16 @@ def out_pair(out, typenum, N, H):
     raise AssertionError("lstmc: out passed the slow check but not the fast one")
 
 
-def sequence(xs, name, dtype, N, D, uniform, T=None):
-    """A 3-D (N, T, D) argument whose rows BLAS can read; with `uniform`, also
-    one whose N*T rows are evenly spaced (one gemm over all of them)."""
+def sequence(xs, name, dtype, N, D, T=None):
+    """A 3-D (N, T, D) argument whose rows BLAS can read in place: a contiguous
+    last axis, and leading dimensions of at least D between the rows it steps
+    over (time steps; sequences when T == 1). Sequences may be spaced any way."""
     xs = as_array(xs, name, dtype, (N, T, D))
-    ok = rows_usable(xs) and (xs.shape[1] <= 1 or xs.strides[1] >= D * xs.itemsize) \
-        and (xs.shape[0] <= 1 or xs.strides[0] >= xs.shape[1] * D * xs.itemsize)
-    if ok and uniform and xs.shape[0] > 1 and xs.shape[1] > 1:
-        ok = xs.strides[0] == xs.shape[1] * xs.strides[1]
-    if ok and uniform and xs.shape[0] > 1 and xs.shape[1] == 1:
+    n, t = xs.shape[:2]
+    ok = rows_usable(xs)
+    if ok and t > 1:
+        ok = xs.strides[1] >= D * xs.itemsize
+    if ok and t == 1 and n > 1:
         ok = xs.strides[0] >= D * xs.itemsize
     return xs if ok else contiguous(xs)
 

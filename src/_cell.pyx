@@ -811,7 +811,7 @@ cdef class TimeWork(_Lock):
         memset(&s, 0, sizeof(Seq))
         _params(layer, typenum, D, H, &s.Wx, &s.Wh, &s.b)
         _grads(layer, typenum, D, H, &s.dWx, &s.dWh, &s.db)
-        dhs = _validate.sequence(dhs, "dhs", typenum, N, H, False, T)
+        dhs = _validate.sequence(dhs, "dhs", typenum, N, H, T)
         a = <cnp.ndarray> dhs
         item = cnp.PyArray_ITEMSIZE(a)
         s.dhs = cnp.PyArray_BYTES(a)
