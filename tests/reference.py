@@ -15,6 +15,9 @@ imported as a sibling module (``from reference import ...``).
 
 import re as _re
 
+import threading
+import time
+
 import numpy as np
 
 __all__ = [
@@ -363,3 +366,28 @@ class Snapshot:
     def assert_unchanged(self, layer):
         for name, (obj, copy) in self.saved.items():
             _assert_same(obj, copy, getattr(layer, name), name)
+
+
+def count_while(fn):
+    """Run fn() in this thread while another thread counts; return (count, seconds)."""
+    state = {"stop": False, "n": 0}
+    started = threading.Event()
+
+    def counter():
+        n = 0
+        started.set()
+        while not state["stop"]:
+            n += 1
+        state["n"] = n
+
+    t = threading.Thread(target=counter)
+    t.start()
+    started.wait()
+    t0 = time.perf_counter()
+    try:
+        fn()
+    finally:
+        elapsed = time.perf_counter() - t0
+        state["stop"] = True
+        t.join()
+    return state["n"], elapsed

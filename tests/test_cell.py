@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 import lstmc
 from reference import (
     LAYOUTS, Snapshot, assert_close, assert_grad_close, cell_backward,
-    cell_forward, check_dtype_message, check_shape_message, numerical_gradient,
+    cell_forward, check_dtype_message, check_shape_message, count_while, numerical_gradient,
     random_weights, with_layout,
 )
 
@@ -832,31 +832,6 @@ def test_hypothesis_shapes_and_layouts(N, D, H, dt, layouts, use_out, seed):
 # --------------------------------------------------------------------------
 
 
-def _count_while(fn):
-    """Run fn() in this thread while another thread counts; return (count, seconds)."""
-    state = {"stop": False, "n": 0}
-    started = threading.Event()
-
-    def counter():
-        n = 0
-        started.set()
-        while not state["stop"]:
-            n += 1
-        state["n"] = n
-
-    t = threading.Thread(target=counter)
-    t.start()
-    started.wait()
-    t0 = time.perf_counter()
-    try:
-        fn()
-    finally:
-        elapsed = time.perf_counter() - t0
-        state["stop"] = True
-        t.join()
-    return state["n"], elapsed
-
-
 def test_gil_released_during_forward():
     """Another Python thread keeps running while a large forward computes."""
     from threadpoolctl import threadpool_limits
@@ -884,8 +859,8 @@ def test_gil_released_during_forward():
             for _ in range(reps):
                 layer.forward(x, h, h, out=out, train=False)
 
-        busy, elapsed = _count_while(work)
-        idle, _ = _count_while(lambda: time.sleep(elapsed))
+        busy, elapsed = count_while(work)
+        idle, _ = count_while(lambda: time.sleep(elapsed))
     # with the GIL held the counter would only run in the gaps between calls
     # (a few switch intervals of 5 ms out of `elapsed`); released, it runs throughout
     assert busy > 0.2 * idle, (busy, idle, reps, one)

@@ -1,6 +1,7 @@
 """Failure atomicity, aliasing, allocation and sharing: the promises that the
 parity tests do not reach."""
 import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import lstmc
-from reference import assert_close, cell_backward, cell_forward, time_forward
+from reference import assert_close, cell_backward, cell_forward, count_while, time_forward
 
 
 def _weights(rng, D, H, dtype):
@@ -160,3 +161,56 @@ def test_threads_sharing_one_timelstm_get_their_own_results():
     for t in threads:
         t.join()
     assert not errors, errors[:5]
+
+
+def test_gil_released_during_a_sequence():
+    """Another Python thread keeps running while a long TimeLSTM forward computes."""
+    from threadpoolctl import threadpool_limits
+    import scipy.linalg  # noqa: F401  (load SciPy's BLAS so threadpoolctl can limit it)
+
+    rng = np.random.default_rng(7)
+    N, T, D, H = 16, 400, 128, 256
+    layer = lstmc.TimeLSTM(*_weights(rng, D, H, np.float64))
+    xs = rng.standard_normal((N, T, D))
+    with threadpool_limits(limits=1):     # one BLAS thread: a core stays free for the counter
+        t0 = time.perf_counter()
+        layer.forward(xs)
+        reps = int(min(8, max(2, np.ceil(0.5 / (time.perf_counter() - t0)))))
+
+        def work():
+            for _ in range(reps):
+                layer.forward(xs)
+                layer.backward(np.ones((N, T, H)))
+
+        busy, elapsed = count_while(work)
+        idle, _ = count_while(lambda: time.sleep(elapsed))
+    # Held, the GIL would let the counter run only between calls.
+    assert busy > 0.2 * idle, (busy, idle, reps)
+
+
+def test_inference_memory_does_not_grow_with_T():
+    # train=False projects the inputs a chunk at a time: beyond its output, the
+    # layer's working memory is bounded (2**20 gate elements), whatever T is.
+    rng = np.random.default_rng(8)
+    N, D, H = 1, 8, 8
+    layer = lstmc.TimeLSTM(*_weights(rng, D, H, np.float64))
+    peaks = {}
+    for T in (10_000, 100_000):
+        xs = rng.standard_normal((N, T, D))
+        tracemalloc.start()
+        try:
+            hs = layer.forward(xs, train=False)
+            peaks[T] = tracemalloc.get_traced_memory()[1] - hs.nbytes
+        finally:
+            tracemalloc.stop()
+        assert np.all(np.isfinite(hs))
+    bound = (1 << 20) * 8 + (1 << 20)
+    assert peaks[100_000] < bound, peaks
+    # A training forward keeps O(N*T*H): ten times the steps, far more memory.
+    tracemalloc.start()
+    try:
+        hs = lstmc.TimeLSTM(*layer.params).forward(xs)
+        train_peak = tracemalloc.get_traced_memory()[1] - hs.nbytes
+    finally:
+        tracemalloc.stop()
+    assert train_peak > 2 * bound, (train_peak, peaks)
