@@ -867,6 +867,36 @@ def _spread_line(results):
             % (s_med * 100, worst[0] * 100, worst[2], worst[1]))
 
 
+# Columns of the time tables, and each ratio as (numerator, denominator) keys.
+CELL_TIME_KEYS = ("fwd", "inf", "bwd", "f+b", "numpy fwd", "numpy f+b",
+                  "torch inf", "torch f+b", "floor fwd", "floor bwd")
+CELL_RATIOS = {"torch inf/fwd": ("torch inf", "fwd"), "torch inf/inf": ("torch inf", "inf"),
+               "numpy/fwd": ("numpy fwd", "fwd"), "torch f+b/f+b": ("torch f+b", "f+b"),
+               "numpy f+b/f+b": ("numpy f+b", "f+b"), "fwd/floor": ("fwd", "floor fwd"),
+               "inf/floor": ("inf", "floor fwd"), "bwd/floor": ("bwd", "floor bwd")}
+SEQ_TIME_KEYS = ("fwd", "inf", "bwd", "f+b", "numpy fwd", "numpy f+b",
+                 "torch inf", "torch f+b", "ort inf", "floor fwd", "floor bwd")
+SEQ_RATIOS = {"fwd/floor": ("fwd", "floor fwd"), "inf/floor": ("inf", "floor fwd"),
+              "bwd/floor": ("bwd", "floor bwd"), "ort/inf": ("ort inf", "inf"),
+              "torch inf/inf": ("torch inf", "inf"), "torch f+b/f+b": ("torch f+b", "f+b"),
+              "numpy/fwd": ("numpy fwd", "fwd"), "numpy f+b/f+b": ("numpy f+b", "f+b")}
+
+
+def _case_rows(cs, shape, dtype, done, time_keys, ratio_specs, record, time_rows,
+               ratio_rows, ratios_f32):
+    """One case's medians and ratios: append its table rows, store the ratios in
+    its JSON record, and keep float32 ratios for the targets."""
+    g = {c.key: median(c) for c in cs}.get
+    case = "(" + ",".join(str(n) for n in shape) + ")"
+    dt = "f32" if np.dtype(dtype) == np.float32 else "f64"
+    time_rows.append([case, dt] + [fmt_us(g(k)) for k in time_keys] + [done])
+    r = {name: ratio(g(a), g(b)) for name, (a, b) in ratio_specs.items()}
+    record["ratios"] = r
+    if np.dtype(dtype) == np.float32:
+        ratios_f32[shape] = r
+    ratio_rows.append([case, dt] + [fmt_ratio(r[k]) for k in r])
+
+
 def section_cell(env, args, cases, dtypes, report):
     say("")
     say("== Cell: lstmc.LSTM, one step (N, D, H) ==")
@@ -884,26 +914,8 @@ def section_cell(env, args, cases, dtypes, report):
             results.append((label, cs))
             report["cell"].append(_record(label, (N, D, H), dtype, cs))
             report["cell"][-1]["rounds"] = done
-            m = {c.key: median(c) for c in cs}
-            g = m.get
-            case = "(%d,%d,%d)" % (N, D, H)
-            dt = "f32" if np.dtype(dtype) == np.float32 else "f64"
-            time_rows.append([case, dt] + [fmt_us(g(k)) for k in
-                             ("fwd", "inf", "bwd", "f+b", "numpy fwd", "numpy f+b",
-                              "torch inf", "torch f+b", "floor fwd", "floor bwd")]
-                             + [done])
-            r = {"torch inf/fwd": ratio(g("torch inf"), g("fwd")),
-                 "torch inf/inf": ratio(g("torch inf"), g("inf")),
-                 "numpy/fwd": ratio(g("numpy fwd"), g("fwd")),
-                 "torch f+b/f+b": ratio(g("torch f+b"), g("f+b")),
-                 "numpy f+b/f+b": ratio(g("numpy f+b"), g("f+b")),
-                 "fwd/floor": ratio(g("fwd"), g("floor fwd")),
-                 "inf/floor": ratio(g("inf"), g("floor fwd")),
-                 "bwd/floor": ratio(g("bwd"), g("floor bwd"))}
-            report["cell"][-1]["ratios"] = r
-            if np.dtype(dtype) == np.float32:
-                ratios_f32[(N, D, H)] = r
-            ratio_rows.append([case, dt] + [fmt_ratio(r[k]) for k in r])
+            _case_rows(cs, (N, D, H), dtype, done, CELL_TIME_KEYS, CELL_RATIOS,
+                       report["cell"][-1], time_rows, ratio_rows, ratios_f32)
     say("median µs per call; inf = forward(train=False, out=), f+b = forward(train) + "
         "backward(ones, ones)")
     say(table(["(N,D,H)", "dtype", "fwd", "inf", "bwd", "f+b", "fwd", "f+b", "inf", "f+b",
@@ -943,26 +955,8 @@ def section_seq(env, args, cases, dtypes, report):
             results.append((label, cs))
             report["seq"].append(_record(label, (N, T, D, H), dtype, cs))
             report["seq"][-1]["rounds"] = done
-            m = {c.key: median(c) for c in cs}
-            g = m.get
-            case = "(%d,%d,%d,%d)" % (N, T, D, H)
-            dt = "f32" if np.dtype(dtype) == np.float32 else "f64"
-            time_rows.append([case, dt] + [fmt_us(g(k)) for k in
-                             ("fwd", "inf", "bwd", "f+b", "numpy fwd", "numpy f+b",
-                              "torch inf", "torch f+b", "ort inf", "floor fwd", "floor bwd")]
-                             + [done])
-            r = {"fwd/floor": ratio(g("fwd"), g("floor fwd")),
-                 "inf/floor": ratio(g("inf"), g("floor fwd")),
-                 "bwd/floor": ratio(g("bwd"), g("floor bwd")),
-                 "ort/inf": ratio(g("ort inf"), g("inf")),
-                 "torch inf/inf": ratio(g("torch inf"), g("inf")),
-                 "torch f+b/f+b": ratio(g("torch f+b"), g("f+b")),
-                 "numpy/fwd": ratio(g("numpy fwd"), g("fwd")),
-                 "numpy f+b/f+b": ratio(g("numpy f+b"), g("f+b"))}
-            report["seq"][-1]["ratios"] = r
-            if np.dtype(dtype) == np.float32:
-                ratios_f32[(N, T, D, H)] = r
-            ratio_rows.append([case, dt] + [fmt_ratio(r[k]) for k in r])
+            _case_rows(cs, (N, T, D, H), dtype, done, SEQ_TIME_KEYS, SEQ_RATIOS,
+                       report["seq"][-1], time_rows, ratio_rows, ratios_f32)
     say("median µs per call; inf = forward(train=False), f+b = forward(train) + "
         "backward(ones); ORT fed (T,N,D) (its only layout), transposed before timing")
     say(table(["(N,T,D,H)", "dtype", "fwd", "inf", "bwd", "f+b", "fwd", "f+b", "inf", "f+b",

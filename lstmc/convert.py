@@ -185,17 +185,26 @@ def _gate_axis_length(arr, name, axis, pattern):
 # lstmc
 # --------------------------------------------------------------------------
 
+def _column_arrays(names, kernel, recurrent, bias):
+    """Validate weights laid out by columns, as lstmc's and Keras's are:
+    kernel (D, 4H), recurrent (H, 4H), bias (4H,) or None (zeros). ``names`` are
+    the three argument names for messages. Returns ``(kernel, recurrent, bias,
+    H, dtype)``."""
+    nk, nr, nb = names
+    arrs, dtype = _arrays((nb,), **{nk: kernel, nr: recurrent, nb: bias})
+    kernel, recurrent, bias = arrs[nk], arrs[nr], arrs[nb]
+    n4 = _gate_axis_length(kernel, nk, 1, ("D", "4*H"))
+    H = n4 // 4
+    _check_shape(recurrent, nr, (H, n4), "(H, 4*H)")
+    if bias is None:
+        bias = np.zeros(n4, dtype)
+    _check_shape(bias, nb, (n4,), "(4*H,)")
+    return kernel, recurrent, bias, H, dtype
+
+
 def _lstmc_arrays(Wx, Wh, b):
     """Validate lstmc weights; return ``(Wx, Wh, b, H, dtype)`` (``b`` may be None)."""
-    arrs, dtype = _arrays(("b",), Wx=Wx, Wh=Wh, b=b)
-    Wx, Wh, b = arrs["Wx"], arrs["Wh"], arrs["b"]
-    n4 = _gate_axis_length(Wx, "Wx", 1, ("D", "4*H"))
-    H = n4 // 4
-    _check_shape(Wh, "Wh", (H, n4), "(H, 4*H)")
-    if b is None:
-        b = np.zeros(n4, dtype)
-    _check_shape(b, "b", (n4,), "(4*H,)")
-    return Wx, Wh, b, H, dtype
+    return _column_arrays(("Wx", "Wh", "b"), Wx, Wh, b)
 
 
 # --------------------------------------------------------------------------
@@ -358,15 +367,8 @@ def from_keras(kernel, recurrent_kernel, bias=None):
     ``activation="tanh"`` and ``recurrent_activation="sigmoid"`` compute
     lstmc's function.
     """
-    arrs, dtype = _arrays(("bias",), kernel=kernel,
-                          recurrent_kernel=recurrent_kernel, bias=bias)
-    kernel, rec, bias = arrs["kernel"], arrs["recurrent_kernel"], arrs["bias"]
-    n4 = _gate_axis_length(kernel, "kernel", 1, ("D", "4*H"))
-    H = n4 // 4
-    _check_shape(rec, "recurrent_kernel", (H, n4), "(H, 4*H)")
-    if bias is None:
-        bias = np.zeros(n4, dtype)
-    _check_shape(bias, "bias", (n4,), "(4*H,)")
+    kernel, rec, bias, _, _ = _column_arrays(("kernel", "recurrent_kernel", "bias"),
+                                             kernel, recurrent_kernel, bias)
     return (_reorder(kernel, _KERAS, _LSTMC, axis=1),
             _reorder(rec, _KERAS, _LSTMC, axis=1),
             _reorder(bias, _KERAS, _LSTMC, axis=0))
