@@ -6,11 +6,15 @@ Everything is measured in ONE process. For each case every contender (lstmc's ca
 the NumPy implementation below, torch, onnxruntime, the compiled BLAS floor) is first
 calibrated to a batch of repetitions lasting about ``--target-ms`` (one call at least),
 then the batches run in alternating rounds: round r times every contender once, the
-order rotated by one each round, so slow drifts of the machine (other processes,
-frequency changes) hit all contenders alike. The figure reported is the median over
-the rounds of the per-call time of each batch, and the ratios between contenders are
-printed next to each other: on a shared machine an absolute time means little, a
-ratio measured in the same rounds means more. ``--json`` writes every sample.
+order rotated by one every two rounds and reversed every other round, so slow drifts of the
+machine (other processes, frequency changes) hit all contenders alike. The times
+reported are the medians over the rounds of the per-call time of each batch. A ratio
+is the median over the rounds of the ratio within each round (both batches timed in
+the same round, seconds apart), not a ratio of two medians: on a shared machine an
+absolute time means little, and a ratio taken in the same round cancels the load of
+that moment. The contenders that are compared are listed next to each other (lstmc's
+forward beside its floor, inference beside onnxruntime, backward beside its floor),
+so that within a round they run back to back. ``--json`` writes every sample.
 Batches that drift far from the target length are re-sized between rounds, and a
 time budget (``--max-minutes``) is shared out among the cases: a case stops after
 its share (but never before 3 rounds), and the tables say how many rounds ran.
@@ -245,6 +249,7 @@ class Contender:
         self.batch = batch
         self.reps = None
         self.samples = []      # seconds per call, one per round
+        self.rounds = []       # the round of each sample
         self.error = None
 
 
@@ -333,7 +338,10 @@ def run_rounds(contenders, rounds, target, progress=None, deadline=None):
     n = len(live)
     last_pool = None
     for r in range(rounds):
-        order = live[r % n:] + live[:r % n] if n else []
+        k = (r // 2) % n if n else 0
+        order = live[k:] + live[:k]
+        if r % 2:                          # each order once forward, once backward:
+            order.reverse()                # neighbours take turns going first
         for c in order:
             if c.error is not None:
                 continue
@@ -346,6 +354,7 @@ def run_rounds(contenders, rounds, target, progress=None, deadline=None):
                 c.error = "%s: %s" % (type(exc).__name__, exc)
                 continue
             c.samples.append(per)
+            c.rounds.append(r)
             # Keep batches near the target when the machine's speed changes under us
             # (other processes): bounds the run time, and a batch never spans minutes.
             wall = per * c.reps
@@ -400,6 +409,19 @@ def ratio(num, den):
     if num is None or den is None or den <= 0:
         return None
     return num / den
+
+
+def paired_ratio(num, den):
+    """Median over the rounds of num's time / den's time in the same round; the
+    ratio of the medians when the two have no round in common."""
+    if median(num) is None or median(den) is None:
+        return None
+    by_round = dict(zip(den.rounds, den.samples))
+    rs = [a / by_round[r] for r, a in zip(num.rounds, num.samples)
+          if by_round.get(r, 0) > 0]
+    if not rs:
+        return ratio(median(num), median(den))
+    return float(np.median(rs))
 
 
 def table(headers, rows, groups=None, left=1):
@@ -632,6 +654,19 @@ def _torch_dtype(torch, dtype):
     return torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
 
 
+# The order contenders run in within a round: those compared in a ratio are
+# neighbours, so that they run back to back (see run_rounds).
+# Each thread pool's contenders are also kept together: a pause (SETTLE) comes only
+# where the pool changes.
+RUN_ORDER = ("fwd", "floor fwd", "inf", "ort inf", "torch inf", "torch f+b", "numpy fwd",
+             "numpy f+b", "f+b", "bwd", "floor bwd")
+
+
+def _in_run_order(cs):
+    rank = {k: i for i, k in enumerate(RUN_ORDER)}
+    return sorted(cs, key=lambda c: rank.get(c.key, len(rank)))
+
+
 def cell_contenders(env, N, D, H, dtype, rng):
     label = "cell (%d,%d,%d) %s" % (N, D, H, np.dtype(dtype).name)
     Wx, Wh, b = _weights(rng, D, H, dtype)
@@ -699,7 +734,7 @@ def cell_contenders(env, N, D, H, dtype, rng):
                                                             dtype=dtype, reps=reps)))
         cs.append(Contender("floor bwd", lambda reps: floor("cell_backward", N, D, H,
                                                             dtype=dtype, reps=reps)))
-    return cs
+    return _in_run_order(cs)
 
 
 def _onnx_session(env, Wx, Wh, b, T, N, D, H, dtype):
@@ -800,7 +835,7 @@ def seq_contenders(env, N, T, D, H, dtype, rng):
                                                             T=T, reps=reps)))
         cs.append(Contender("floor bwd", lambda reps: floor("seq_backward", N, D, H, dtype=dtype,
                                                             T=T, reps=reps)))
-    return cs
+    return _in_run_order(cs)
 
 
 # --------------------------------------------------------------------------- sections
@@ -823,6 +858,7 @@ def _record(label, shape, dtype, cs):
                           for c in cs},
             "min_us": {c.key: (min(c.samples) * 1e6 if c.samples else None) for c in cs},
             "samples_us": {c.key: [s * 1e6 for s in c.samples] for c in cs},
+            "sample_rounds": {c.key: list(c.rounds) for c in cs},
             "reps": {c.key: c.reps for c in cs},
             "errors": {c.key: c.error for c in cs if c.error}}
 
@@ -886,11 +922,13 @@ def _case_rows(cs, shape, dtype, done, time_keys, ratio_specs, record, time_rows
                ratio_rows, ratios_f32):
     """One case's medians and ratios: append its table rows, store the ratios in
     its JSON record, and keep float32 ratios for the targets."""
+    by_key = {c.key: c for c in cs}
     g = {c.key: median(c) for c in cs}.get
     case = "(" + ",".join(str(n) for n in shape) + ")"
     dt = "f32" if np.dtype(dtype) == np.float32 else "f64"
     time_rows.append([case, dt] + [fmt_us(g(k)) for k in time_keys] + [done])
-    r = {name: ratio(g(a), g(b)) for name, (a, b) in ratio_specs.items()}
+    r = {name: paired_ratio(by_key.get(a), by_key.get(b))
+         for name, (a, b) in ratio_specs.items()}
     record["ratios"] = r
     if np.dtype(dtype) == np.float32:
         ratios_f32[shape] = r

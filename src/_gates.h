@@ -211,7 +211,54 @@ LSTMC_GATES_FORWARD(lstmc_gates_forward_d, double, lstmc_sigmoid, lstmc_tanh)
  * OUT  dA (N, 4H, ldda): gradient of the pre-activations
  * OUT  dc_prev (N, H, lddcp); may be dc (read before written, same element)
  */
-#define LSTMC_GATES_BACKWARD(NAME, T)                                                 \
+/* One row. Every block is its own restrict parameter (gcc honours restrict on
+ * parameters, also once inlined, but not reliably on local pointers): the loops
+ * then vectorize without run-time overlap checks. dc may be dc_prev, so those
+ * two are not restrict, and no loop reads one and writes the other: dc is read
+ * in pass 2 only, dc_prev written in pass 3 only (a loop reading and writing
+ * them in place failed gcc's check at run time and ran scalar: a third of the
+ * streaming backward). ds travels from pass 2 to pass 3 in df. */
+#define LSTMC_GATES_BACKWARD_ROW(NAME, T)                                             \
+LSTMC_INLINE void NAME(                                                               \
+    ptrdiff_t H, const T *restrict dh, const T *restrict dh2, const T *dc,            \
+    const T *restrict f, const T *restrict g, const T *restrict i,                    \
+    const T *restrict o, const T *restrict cp, const T *restrict tc,                  \
+    T *restrict df, T *restrict dg, T *restrict di, T *restrict dout, T *dc_prev)     \
+{                                                                                     \
+    if (dh2) {                                                                        \
+        for (ptrdiff_t j = 0; j < H; j++) dout[j] = dh[j] + dh2[j];                   \
+    } else {                                                                          \
+        for (ptrdiff_t j = 0; j < H; j++) dout[j] = dh[j];                            \
+    }                                                                                 \
+    if (dc) {                                                                         \
+        for (ptrdiff_t j = 0; j < H; j++)                                             \
+            df[j] = dc[j] + dout[j] * o[j] * (1 - tc[j] * tc[j]);                     \
+    } else {                                                                          \
+        for (ptrdiff_t j = 0; j < H; j++)                                             \
+            df[j] = dout[j] * o[j] * (1 - tc[j] * tc[j]);                             \
+    }                                                                                 \
+    if (cp) {                                                                         \
+        for (ptrdiff_t j = 0; j < H; j++) {                                           \
+            T ds = df[j];                                                             \
+            df[j] = ds * cp[j] * f[j] * (1 - f[j]);                                   \
+            dg[j] = ds * i[j] * (1 - g[j] * g[j]);                                    \
+            di[j] = ds * g[j] * i[j] * (1 - i[j]);                                    \
+            dout[j] = dout[j] * tc[j] * o[j] * (1 - o[j]);                            \
+            dc_prev[j] = ds * f[j];                                                   \
+        }                                                                             \
+    } else {                                                                          \
+        for (ptrdiff_t j = 0; j < H; j++) {                                           \
+            T ds = df[j];                                                             \
+            df[j] = 0;                                                                \
+            dg[j] = ds * i[j] * (1 - g[j] * g[j]);                                    \
+            di[j] = ds * g[j] * i[j] * (1 - i[j]);                                    \
+            dout[j] = dout[j] * tc[j] * o[j] * (1 - o[j]);                            \
+            dc_prev[j] = ds * f[j];                                                   \
+        }                                                                             \
+    }                                                                                 \
+}
+
+#define LSTMC_GATES_BACKWARD(NAME, ROW, T)                                            \
 LSTMC_CLONES static void NAME(                                                        \
     ptrdiff_t N, ptrdiff_t H, const T *dh, ptrdiff_t lddh,                            \
     const T *dh2, ptrdiff_t lddh2, const T *dc, ptrdiff_t lddc,                       \
@@ -219,48 +266,20 @@ LSTMC_CLONES static void NAME(                                                  
     const T *tanh_c, ptrdiff_t ldtc, T *dA, ptrdiff_t ldda,                           \
     T *dc_prev, ptrdiff_t lddcp)                                                      \
 {                                                                                     \
-    /* Three passes over a row, each branch-free inside so that it vectorizes:  */    \
-    /* d_h into dA's o block, ds into dc_prev, then the four gate gradients.    */    \
     for (ptrdiff_t n = 0; n < N; n++) {                                               \
-        const T *restrict f = G + n * ldg, *restrict g = f + H;                       \
-        const T *restrict i = g + H, *restrict o = i + H;                             \
-        const T *restrict tc = tanh_c + n * ldtc;                                     \
-        T *restrict df = dA + n * ldda, *restrict dg = df + H;                        \
-        T *restrict di = dg + H, *restrict dout = di + H;                             \
-        T *dcp = dc_prev + n * lddcp;                                                 \
-        const T *dhn = dh + n * lddh;                                                 \
-        if (dh2) {                                                                    \
-            const T *dhm = dh2 + n * lddh2;                                           \
-            for (ptrdiff_t j = 0; j < H; j++) dout[j] = dhn[j] + dhm[j];              \
-        } else {                                                                      \
-            for (ptrdiff_t j = 0; j < H; j++) dout[j] = dhn[j];                       \
-        }                                                                             \
-        if (dc) {                                                                     \
-            const T *dcn = dc + n * lddc;                                             \
-            for (ptrdiff_t j = 0; j < H; j++)                                         \
-                dcp[j] = dcn[j] + dout[j] * o[j] * (1 - tc[j] * tc[j]);               \
-        } else {                                                                      \
-            for (ptrdiff_t j = 0; j < H; j++)                                         \
-                dcp[j] = dout[j] * o[j] * (1 - tc[j] * tc[j]);                        \
-        }                                                                             \
-        if (c_prev) {                                                                 \
-            const T *restrict cp = c_prev + n * ldcp;                                 \
-            for (ptrdiff_t j = 0; j < H; j++) df[j] = dcp[j] * cp[j] * f[j] * (1 - f[j]); \
-        } else {                                                                      \
-            for (ptrdiff_t j = 0; j < H; j++) df[j] = 0;                              \
-        }                                                                             \
-        for (ptrdiff_t j = 0; j < H; j++) {                                           \
-            T ds = dcp[j];                                                            \
-            dg[j] = ds * i[j] * (1 - g[j] * g[j]);                                    \
-            di[j] = ds * g[j] * i[j] * (1 - i[j]);                                    \
-            dout[j] = dout[j] * tc[j] * o[j] * (1 - o[j]);                            \
-            dcp[j] = ds * f[j];                                                       \
-        }                                                                             \
+        const T *gr = G + n * ldg;                                                    \
+        T *ar = dA + n * ldda;                                                        \
+        ROW(H, dh + n * lddh, dh2 ? dh2 + n * lddh2 : NULL, dc ? dc + n * lddc : NULL, \
+            gr, gr + H, gr + 2 * H, gr + 3 * H, c_prev ? c_prev + n * ldcp : NULL,    \
+            tanh_c + n * ldtc, ar, ar + H, ar + 2 * H, ar + 3 * H,                    \
+            dc_prev + n * lddcp);                                                     \
     }                                                                                 \
 }
 
-LSTMC_GATES_BACKWARD(lstmc_gates_backward_f, float)
-LSTMC_GATES_BACKWARD(lstmc_gates_backward_d, double)
+LSTMC_GATES_BACKWARD_ROW(lstmc_gates_backward_row_f, float)
+LSTMC_GATES_BACKWARD_ROW(lstmc_gates_backward_row_d, double)
+LSTMC_GATES_BACKWARD(lstmc_gates_backward_f, lstmc_gates_backward_row_f, float)
+LSTMC_GATES_BACKWARD(lstmc_gates_backward_d, lstmc_gates_backward_row_d, double)
 
 /* ------------------------------------------------------------ small helpers */
 

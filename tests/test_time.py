@@ -700,17 +700,20 @@ def test_non_native_byte_order_never_silently_wrong(rng, dtype, arg):
                                    rtol=rtol, atol=atol, err_msg=f"{name} with {arg} {swapped.str}")
 
 
-@pytest.mark.parametrize("layout", ["c", "strided"])
+@pytest.mark.parametrize("layout", ["c", "strided", "time-major"])
 def test_inference_in_several_chunks_matches_training_forward(layout):
-    # train=False projects the inputs a chunk of steps at a time (O(N*H) memory);
-    # N*4H = 3072 gives chunks of ~341 steps, so T = 700 spans three of them,
-    # the last one partial, and N > 1 takes the gather-then-gemm path.
+    # train=False projects the inputs a chunk of steps at a time (bounded memory):
+    # 32 MB of float64 gates at N*4H = 3072 is 1365 steps, so T = 3001 takes
+    # three equal chunks of 1001 steps but the last (999). Batch-major rows are
+    # gathered time-major first; time-major rows are read in place.
     rng = np.random.default_rng(7)
-    N, T, D, H = 3, 700, 4, 256
+    N, T, D, H = 3, 3001, 4, 256
     Wx, Wh, b = [(rng.standard_normal(s) * 0.2) for s in ((D, 4 * H), (H, 4 * H), (4 * H,))]
     xs = rng.standard_normal((N, T, D))
     if layout == "strided":
         xs = np.repeat(xs, 2, axis=1)[:, ::2]
+    elif layout == "time-major":
+        xs = np.ascontiguousarray(xs.transpose(1, 0, 2)).transpose(1, 0, 2)
     layer = lstmc.TimeLSTM(Wx, Wh, b, stateful=True)
     layer.set_state(rng.standard_normal((N, H)), rng.standard_normal((N, H)))
     h0, c0 = layer.h, layer.c
