@@ -12,9 +12,9 @@ reported are the medians over the rounds of the per-call time of each batch. A r
 is the median over the rounds of the ratio within each round (both batches timed in
 the same round, seconds apart), not a ratio of two medians: on a shared machine an
 absolute time means little, and a ratio taken in the same round cancels the load of
-that moment. The contenders that are compared are listed next to each other (lstmc's
-forward beside its floor, inference beside onnxruntime, backward beside its floor),
-so that within a round they run back to back. ``--json`` writes every sample.
+that moment. The pairs whose ratio the targets use most are listed next to each other
+(lstmc's forward beside its floor, inference beside onnxruntime, backward beside its
+floor), so that in most rounds they run back to back. ``--json`` writes every sample.
 Batches that drift far from the target length are re-sized between rounds, and a
 time budget (``--max-minutes``) is shared out among the cases: a case stops after
 its share (but never before 3 rounds), and the tables say how many rounds ran.
@@ -325,7 +325,8 @@ def _pool(c):
 
 
 def run_rounds(contenders, rounds, target, progress=None, deadline=None):
-    """Calibrate, then time every contender once per round, order rotated each round;
+    """Calibrate, then time every contender once per round (order rotated by one every
+    two rounds, reversed every other round);
     stop early (after MIN_ROUNDS) when ``deadline`` (perf_counter seconds) has passed.
     Returns the number of rounds run."""
     live = []
@@ -654,8 +655,9 @@ def _torch_dtype(torch, dtype):
     return torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
 
 
-# The order contenders run in within a round: those compared in a ratio are
-# neighbours, so that they run back to back (see run_rounds).
+# The order contenders run in within a round: lstmc's forward beside its floor and
+# beside inference, inference beside onnxruntime, backward beside its floor, so that
+# in most rounds (not where the rotation cuts a pair) those run back to back.
 # Each thread pool's contenders are also kept together: a pause (SETTLE) comes only
 # where the pool changes.
 RUN_ORDER = ("fwd", "floor fwd", "inf", "ort inf", "torch inf", "torch f+b", "numpy fwd",

@@ -138,8 +138,8 @@ class TimeLSTM(_Layer):
 
     def forward(self, xs, *, train=True):
         """hs (N, T, H) for xs (N, T, D). train=False keeps nothing for backward:
-        beyond hs, its working memory is bounded whatever T is (the gates of at
-        most 32 MB worth of steps at a time)."""
+        beyond hs, its working memory is bounded whatever T is (the gates of
+        32 MB worth of steps at a time, or of 8 steps if that is more)."""
         D, H = self.input_size, self.hidden_size
         xs = _validate.sequence(xs, "xs", self.dtype, None, D)
         N = xs.shape[0]

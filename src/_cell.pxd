@@ -53,6 +53,8 @@ cdef int lstm_step_backward(
     floating *dc_prev, Py_ssize_t lddcp,       # OUT (N, H); may be dc_next
     floating *dWx, floating *dWh, floating *db,  # OUT overwritten, C-contiguous
 ) noexcept nogil
+# No OUT array may overlap an IN array or another OUT array, with one exception:
+# dc_prev may be dc_next itself (the same pointer and leading dimension).
 
 
 # The element-wise halves of a step, which the sequence loop also uses.
@@ -75,5 +77,7 @@ cdef void lstm_gates_backward(
     const floating *c_prev, Py_ssize_t ldcp,   # or NULL for zeros
     const floating *tanh_c, Py_ssize_t ldtc,
     floating *dA, Py_ssize_t ldda,
-    floating *dc_prev, Py_ssize_t lddcp,       # may be dc
+    floating *dc_prev, Py_ssize_t lddcp,       # may be dc (same pointer and ld)
 ) noexcept nogil
+# dA and dc_prev must not overlap each other or any input, except that dc_prev
+# may be dc itself.

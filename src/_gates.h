@@ -209,7 +209,8 @@ LSTMC_GATES_FORWARD(lstmc_gates_forward_d, double, lstmc_sigmoid, lstmc_tanh)
  * IN   G (N, 4H, ldg): the activated gates f, g, i, o of the forward step
  * IN   c_prev (N, H, ldcp) or NULL for zeros, tanh_c (N, H, ldtc) = tanh(c_next)
  * OUT  dA (N, 4H, ldda): gradient of the pre-activations
- * OUT  dc_prev (N, H, lddcp); may be dc (read before written, same element)
+ * OUT  dc_prev (N, H, lddcp); may be dc (the same pointer and ld)
+ * dA and dc_prev must not overlap each other or any input but that one.
  */
 /* One row. Every block is its own restrict parameter (gcc honours restrict on
  * parameters, also once inlined, but not reliably on local pointers): the loops

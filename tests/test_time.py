@@ -700,7 +700,7 @@ def test_non_native_byte_order_never_silently_wrong(rng, dtype, arg):
                                    rtol=rtol, atol=atol, err_msg=f"{name} with {arg} {swapped.str}")
 
 
-@pytest.mark.parametrize("layout", ["c", "strided", "time-major"])
+@pytest.mark.parametrize("layout", ["c", "strided", "time-major", "overlapping"])
 def test_inference_in_several_chunks_matches_training_forward(layout):
     # train=False projects the inputs a chunk of steps at a time (bounded memory):
     # 32 MB of float64 gates at N*4H = 3072 is 1365 steps, so T = 3001 takes
@@ -714,6 +714,12 @@ def test_inference_in_several_chunks_matches_training_forward(layout):
         xs = np.repeat(xs, 2, axis=1)[:, ::2]
     elif layout == "time-major":
         xs = np.ascontiguousarray(xs.transpose(1, 0, 2)).transpose(1, 0, 2)
+    elif layout == "overlapping":
+        # Sliding windows: sequence n starts 2 elements after sequence n-1 and
+        # steps 2N = 6 >= D apart, so the (t, n) rows are evenly spaced (by
+        # 2 < D) yet overlap: BLAS cannot read them in place.
+        flat = rng.standard_normal(2 * N * T + D)
+        xs = np.lib.stride_tricks.as_strided(flat, (N, T, D), (16, 16 * N, 8))
     layer = lstmc.TimeLSTM(Wx, Wh, b, stateful=True)
     layer.set_state(rng.standard_normal((N, H)), rng.standard_normal((N, H)))
     h0, c0 = layer.h, layer.c
