@@ -531,8 +531,8 @@ def cell_backward(object layer, object dh_next, object dc_next):
 # Working memory of train=False: the input projection is done for a chunk of
 # steps at a time, its gates at most this many bytes (or 8 steps), so memory
 # stays bounded however long the sequence is. The chunks are made near-equal. One
-# projection for the whole sequence measured 7% faster overall than two halves,
-# and 10% faster than chunks of 4 MB, at (64, 50, 512, 512): hence a bound this
+# projection for the whole sequence measured 5-7% faster overall than two halves,
+# and 9-10% faster than chunks of 4 MB, at (64, 50, 512, 512): hence a bound this
 # large (float32 gates of that case: 26 MB).
 cdef Py_ssize_t _CHUNK_BYTES = 32 << 20
 cdef Py_ssize_t _CHUNK_MIN_STEPS = 8
@@ -540,7 +540,8 @@ cdef Py_ssize_t _CHUNK_MIN_STEPS = 8
 
 cdef inline Py_ssize_t _chunk_steps(Py_ssize_t N, Py_ssize_t T, Py_ssize_t G4,
                                     Py_ssize_t item) noexcept:
-    """Steps per chunk of train=False: equal chunks, each within _CHUNK_BYTES."""
+    """Steps per chunk of train=False: near-equal chunks, each within _CHUNK_BYTES
+    (or of _CHUNK_MIN_STEPS steps)."""
     cdef Py_ssize_t most = max(_CHUNK_MIN_STEPS, _CHUNK_BYTES // max(1, N * G4 * item))
     cdef Py_ssize_t chunks
     if T <= most:
