@@ -6,8 +6,8 @@ Everything is measured in ONE process. For each case every contender (lstmc's ca
 the NumPy implementation below, torch, onnxruntime, the compiled BLAS floor) is first
 calibrated to a batch of repetitions lasting about ``--target-ms`` (one call at least),
 then the batches run in alternating rounds: round r times every contender once, the
-order rotated by one every two rounds and reversed every other round, so slow drifts of the
-machine (other processes, frequency changes) hit all contenders alike. The times
+order rotated by one every two rounds and reversed every other round, so slow drifts
+of the machine (other processes, frequency changes) hit all contenders alike. The times
 reported are the medians over the rounds of the per-call time of each batch. A ratio
 is the median over the rounds of the ratio within each round (both batches timed in
 the same round, seconds apart), not a ratio of two medians: on a shared machine an
