@@ -937,6 +937,24 @@ def _case_rows(cs, shape, dtype, done, time_keys, ratio_specs, record, time_rows
     ratio_rows.append([case, dt] + [fmt_ratio(r[k]) for k in r])
 
 
+def _ratios_and_targets(shape_head, ratio_specs, ratio_rows, targets, issue, ratios_f32,
+                        results):
+    """The end of a section: its ratio table (columns in ratio_specs' order, as
+    _case_rows filled the rows), the issue's targets, the noise line."""
+    say("")
+    say("ratios (contender / lstmc: > 1 means lstmc is faster; x/floor: lstmc / its BLAS "
+        "floor, 1.00x is the floor)")
+    say(table([shape_head, "dtype"] + list(ratio_specs), ratio_rows, left=2))
+    lines = _target_lines(targets, ratios_f32)
+    if lines:
+        say("")
+        say("issue %d targets (float32; stated for the OpenBLAS variables unset):" % issue)
+        say(table([shape_head, "ratio", "target", "measured", ""], lines, left=3))
+    s = _spread_line(results)
+    if s:
+        say(s)
+
+
 def section_cell(env, args, cases, dtypes, report):
     say("")
     say("== Cell: lstmc.LSTM, one step (N, D, H) ==")
@@ -962,20 +980,8 @@ def section_cell(env, args, cases, dtypes, report):
                "fwd", "bwd", "rounds"], time_rows,
               groups=[("", 2), ("lstmc.LSTM", 4), ("NumPy", 2), ("torch LSTMCell", 2),
                       ("BLAS floor", 2), ("", 1)], left=2))
-    say("")
-    say("ratios (contender / lstmc: > 1 means lstmc is faster; x/floor: lstmc / its BLAS "
-        "floor, 1.00x is the floor)")
-    say(table(["(N,D,H)", "dtype", "torch inf/fwd", "torch inf/inf", "numpy/fwd",
-               "torch f+b/f+b", "numpy f+b/f+b", "fwd/floor", "inf/floor", "bwd/floor"],
-              ratio_rows, left=2))
-    lines = _target_lines(CELL_TARGETS, ratios_f32)
-    if lines:
-        say("")
-        say("issue 3 targets (float32; stated for the OpenBLAS variables unset):")
-        say(table(["(N,D,H)", "ratio", "target", "measured", ""], lines, left=3))
-    s = _spread_line(results)
-    if s:
-        say(s)
+    _ratios_and_targets("(N,D,H)", CELL_RATIOS, ratio_rows, CELL_TARGETS, 3, ratios_f32,
+                        results)
 
 
 def section_seq(env, args, cases, dtypes, report):
@@ -1003,20 +1009,8 @@ def section_seq(env, args, cases, dtypes, report):
                "inf", "fwd", "bwd", "rounds"], time_rows,
               groups=[("", 2), ("lstmc.TimeLSTM", 4), ("NumPy", 2), ("torch LSTM", 2),
                       ("ORT", 1), ("BLAS floor", 2), ("", 1)], left=2))
-    say("")
-    say("ratios (contender / lstmc: > 1 means lstmc is faster; x/floor: lstmc / its BLAS "
-        "floor, 1.00x is the floor)")
-    say(table(["(N,T,D,H)", "dtype", "fwd/floor", "inf/floor", "bwd/floor", "ort/inf",
-               "torch inf/inf", "torch f+b/f+b", "numpy/fwd", "numpy f+b/f+b"],
-              ratio_rows, left=2))
-    lines = _target_lines(SEQ_TARGETS, ratios_f32)
-    if lines:
-        say("")
-        say("issue 4 targets (float32; stated for the OpenBLAS variables unset):")
-        say(table(["(N,T,D,H)", "ratio", "target", "measured", ""], lines, left=3))
-    s = _spread_line(results)
-    if s:
-        say(s)
+    _ratios_and_targets("(N,T,D,H)", SEQ_RATIOS, ratio_rows, SEQ_TARGETS, 4, ratios_f32,
+                        results)
 
 
 class _Workers:
