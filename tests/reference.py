@@ -306,11 +306,21 @@ def _shape_re(shape):
 
 
 def check_dtype_message(msg, name, got, expected):
-    """TypeError text names the argument, the dtype got and the dtype expected."""
+    """TypeError text names the argument, the dtype got and the dtype expected.
+
+    A non-native dtype has the same name as the native one ('>f8' and '<f8' are
+    both 'float64'): its message must show the byte order ('>f8', or the name
+    and the words "byte order" / "endian"), or it would not say what is wrong.
+    """
     assert _name_re(name).search(msg), f"argument name {name!r} not in {msg!r}"
-    got, expected = np.dtype(got).name, np.dtype(expected).name
-    assert got in msg, f"dtype got {got!r} not in {msg!r}"
-    assert expected in msg, f"dtype expected {expected!r} not in {msg!r}"
+    got, expected = np.dtype(got), np.dtype(expected)
+    if got.isnative:
+        assert got.name in msg, f"dtype got {got.name!r} not in {msg!r}"
+    else:
+        shown = got.str in msg or (
+            got.name in msg and _re.search(r"byte[ -]?order|endian", msg, _re.I))
+        assert shown, f"dtype got {got.str!r} (non-native byte order) not shown in {msg!r}"
+    assert expected.name in msg, f"dtype expected {expected.name!r} not in {msg!r}"
 
 
 def check_shape_message(msg, name, got, expected=None):

@@ -5,7 +5,9 @@ on weights that are then converted for lstmc, and outputs, final states and
 gradients must agree (float64 to 1e-10, float32 to 1e-5).  Keras is not
 installed in the test environment, so the Keras layout is checked against a
 NumPy transcription of Keras's documented LSTM math (``_keras_lstm`` below).
-The round-trip and error tests need no framework.
+The round-trip and error tests need no framework. Without PyTorch or ONNX
+Runtime their tests skip; under LSTMC_REQUIRE_ALL=1 (CI, which installs them)
+they fail instead (``optional.require``).
 """
 
 import numpy as np
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 
 import lstmc
 from lstmc import convert
+from optional import require
 
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 DTYPES = [np.float64, np.float32]
@@ -54,8 +57,8 @@ def _run_time(Wx, Wh, b, xs, h0=None, c0=None):
 
 @pytest.fixture(scope="module")
 def torch():
-    return pytest.importorskip(
-        "torch", reason="PyTorch is not installed: PyTorch parity tests skipped")
+    """PyTorch: its tests skip without it, and fail under LSTMC_REQUIRE_ALL=1 (CI)."""
+    return require("torch", "lstmc[interop]")
 
 
 def _tdtype(torch, dtype):
@@ -295,12 +298,8 @@ def test_from_torch_state_dict_missing_keys(torch):
 
 @pytest.fixture(scope="module")
 def onnx_rt():
-    onnx = pytest.importorskip(
-        "onnx", reason="onnx is not installed: ONNX parity tests skipped")
-    ort = pytest.importorskip(
-        "onnxruntime",
-        reason="onnxruntime is not installed: ONNX parity tests skipped")
-    return onnx, ort
+    """onnx and onnxruntime: skip without them, fail under LSTMC_REQUIRE_ALL=1 (CI)."""
+    return require("onnx", "lstmc[interop]"), require("onnxruntime", "lstmc[interop]")
 
 
 def _run_onnx_lstm(onnx_rt, W, R, B, xs, h0, c0, direction="forward"):

@@ -1,7 +1,24 @@
 """lstmc.dask: scoring block by block on Dask gives the single-process
-TimeLSTM's numbers bit for bit, on every scheduler, on a real two-process
-cluster, and after a worker is killed mid-computation; the weights are in the
-graph once; bad inputs fail before anything runs; Dask stays optional."""
+TimeLSTM's numbers, on every scheduler, on a real two-process cluster, and
+after a worker is killed mid-computation; the weights are in the graph once;
+bad inputs fail before anything runs; Dask stays optional.
+
+What "the same numbers" means. Every sequence is independent, so any split
+along the batch axis computes the same math; but a BLAS may pick a different
+kernel (or split the work over a different number of threads) for 40 rows than
+for 300, which rounds differently in the last bits (measured: 1.8e-7 in float32,
+2e-16 in float64, on OpenBLAS Haswell). So blockwise results are compared with
+the whole-batch forward at the contract's tolerance (reference.assert_close:
+float64 ~1e-12 relative, float32 ~1e-5), and bit for bit only where the very
+same calls run in the same way: the synchronous scheduler against the same
+blocks run one after another in this process, and a one-block graph against
+the same forward.
+
+Dask and distributed are optional (``optional.require``): their tests skip
+without them, and fail instead under LSTMC_REQUIRE_ALL=1 (CI). ``lstmc.dask``
+itself is imported without a guard once Dask is there, so a broken import
+inside it fails the tests.
+"""
 import io
 import os
 import pickle
@@ -9,29 +26,36 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 import warnings
 
 import numpy as np
 import pytest
 
 import lstmc
+from optional import require
+from reference import assert_close
 
-try:
+try:                      # Dask itself only: lstmc.dask is imported by the fixture
     import dask
     import dask.array as da
-    import lstmc.dask as ldask
 except ImportError:
-    dask = None
+    dask = da = None
 try:
     import distributed
 except ImportError:
     distributed = None
 
-needs_dask = pytest.mark.skipif(
-    dask is None, reason="needs dask[array], not installed (pip install 'lstmc[dask]')")
-needs_distributed = pytest.mark.skipif(
-    dask is None or distributed is None,
-    reason="needs dask[array] and distributed, not both installed (pip install 'lstmc[dask]')")
+DASK_EXTRA = "lstmc[dask]"
+
+
+@pytest.fixture(scope="module")
+def ldask():
+    """lstmc.dask, once Dask is known to be installed (skip without it, fail in CI)."""
+    require("dask.array", DASK_EXTRA)
+    import lstmc.dask      # unguarded: any ImportError from here on is lstmc's fault
+    return lstmc.dask
+
 
 TIMEOUT = 60   # seconds any one computation may take before the test fails
 
@@ -50,6 +74,19 @@ def _reference(layer, x):
     """The single-process answer: one TimeLSTM.forward over the whole array."""
     hs = layer.forward(x, train=False)
     return hs, layer.h.copy()
+
+
+def _blockwise(layer, x, rows):
+    """The same forward calls a Dask graph makes for batch blocks of `rows`,
+    run one after another in this process: (hs, last h)."""
+    hs, h = zip(*(_reference(layer, x[i:i + rows]) for i in range(0, len(x), rows)))
+    return np.concatenate(hs), np.concatenate(h)
+
+
+def _assert_same_math(got, want, dtype):
+    """Blockwise against whole-batch: equal to the contract's tolerance (BLAS may
+    round a 40-row block differently from 300 rows in the last bits)."""
+    assert_close(got, want, dtype)
 
 
 def _child(code):
@@ -77,9 +114,8 @@ def test_missing_dask_raises_importerror_naming_the_extra():
 
 # ---------------------------------------------------------------- local schedulers
 
-@needs_dask
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_local_schedulers_equal_single_process_exactly(dtype):
+def test_local_schedulers_equal_single_process(ldask, dtype):
     layer = _layer(dtype)
     x = _data(dtype)
     hs, h = _reference(layer, x)
@@ -88,50 +124,57 @@ def test_local_schedulers_equal_single_process_exactly(dtype):
     full, last = ldask.predict(layer, xs), ldask.predict(layer, xs, last_only=True)
     assert full.shape == hs.shape and full.dtype == dtype and full.numblocks == (8, 1, 1)
     assert last.shape == h.shape and last.dtype == dtype and last.numblocks == (8, 1)
-    for scheduler in ("sync", "threads"):
-        np.testing.assert_array_equal(full.compute(scheduler=scheduler), hs)
-        np.testing.assert_array_equal(last.compute(scheduler=scheduler), h)
-    # Both at once from one graph, in separate processes.
+    # The synchronous scheduler makes the very calls _blockwise makes, in this
+    # thread: bit for bit (the contract's determinism: same input, same threads).
+    blocks_full, blocks_last = _blockwise(layer, x, 40)
+    np.testing.assert_array_equal(full.compute(scheduler="sync"), blocks_full)
+    np.testing.assert_array_equal(last.compute(scheduler="sync"), blocks_last)
+    # Threads, and both at once from one graph in separate processes, where BLAS
+    # may split its work differently: the contract's tolerance.
+    _assert_same_math(full.compute(scheduler="threads"), hs, dtype)
+    _assert_same_math(last.compute(scheduler="threads"), h, dtype)
     got_full, got_last = dask.compute(full, last, scheduler="processes", num_workers=2)
-    np.testing.assert_array_equal(got_full, hs)
-    np.testing.assert_array_equal(got_last, h)
+    _assert_same_math(got_full, hs, dtype)
+    _assert_same_math(got_last, h, dtype)
+    _assert_same_math(blocks_full, hs, dtype)
 
 
-@needs_dask
-def test_numpy_input_lstm_cell_and_stateful_layer():
+def test_numpy_input_lstm_cell_and_stateful_layer(ldask):
     layer = _layer(np.float64)
     x = _data(np.float64, N=50)
     hs, h = _reference(layer, x)
-    # A NumPy array is wrapped; an LSTM cell's weights run over the sequence.
-    np.testing.assert_array_equal(ldask.predict(layer, x).compute(), hs)
+    # A NumPy array is wrapped (50 rows: one block, the very call _reference
+    # makes, run in this thread: bit for bit); an LSTM cell's weights run over
+    # the sequence.
+    lazy = ldask.predict(layer, x)
+    assert lazy.numblocks == (1, 1, 1)
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), hs)
     cell = lstmc.LSTM(*layer.params)
-    np.testing.assert_array_equal(ldask.predict(cell, x, last_only=True).compute(), h)
+    np.testing.assert_array_equal(
+        ldask.predict(cell, x, last_only=True).compute(scheduler="sync"), h)
     # A stateful layer's held state is ignored: every sequence starts from zeros.
     stateful = lstmc.TimeLSTM(*layer.params, stateful=True)
     stateful.set_state(np.ones((50, 24)))
-    np.testing.assert_array_equal(ldask.predict(stateful, x).compute(), hs)
+    np.testing.assert_array_equal(ldask.predict(stateful, x).compute(scheduler="sync"), hs)
 
 
-@needs_dask
-def test_weights_are_a_snapshot():
+def test_weights_are_a_snapshot(ldask):
     layer = _layer(np.float64)
     x = _data(np.float64, N=20)
     hs, _ = _reference(layer, x)
     lazy = ldask.predict(layer, x)
     layer.params[0][...] = 0                      # a later training step
-    np.testing.assert_array_equal(lazy.compute(), hs)
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), hs)   # one block
 
 
-@needs_dask
-def test_empty_batch_and_no_time_steps():
+def test_empty_batch_and_no_time_steps(ldask):
     layer = _layer(np.float32)
     assert ldask.predict(layer, np.zeros((0, 5, 16), np.float32)).compute().shape == (0, 5, 24)
     last = ldask.predict(layer, np.zeros((3, 0, 16), np.float32), last_only=True).compute()
     np.testing.assert_array_equal(last, np.zeros((3, 24), np.float32))
 
 
-@needs_dask
-def test_errors_before_anything_runs():
+def test_errors_before_anything_runs(ldask):
     layer = _layer(np.float64)
     with pytest.raises(TypeError, match=r"xs has dtype float32; expected float64"):
         ldask.predict(layer, da.zeros((4, 3, 16), dtype=np.float32, chunks=2))
@@ -181,9 +224,8 @@ def _optimized_graph(arr):
     return dict(arr.__dask_graph__())
 
 
-@needs_dask
 @pytest.mark.parametrize("last_only", [False, True])
-def test_weights_are_in_the_graph_once(last_only):
+def test_weights_are_in_the_graph_once(ldask, last_only):
     layer = _layer(np.float64, D=64, H=64)
     x = _data(np.float64, N=160, T=3, D=64)
     graph = _optimized_graph(ldask.predict(layer, da.from_array(x, chunks=(16, 3, 64)),
@@ -195,7 +237,10 @@ def test_weights_are_in_the_graph_once(last_only):
 # ---------------------------------------------------------------- a real cluster
 
 @pytest.fixture(scope="module")
-def client():
+def client(ldask):
+    """A real cluster: a scheduler and two single-threaded worker processes
+    (with nannies, which restart a killed worker)."""
+    require("distributed", DASK_EXTRA)
     from distributed import Client, LocalCluster
     with warnings.catch_warnings():
         # No dashboard, but the scheduler's HTTP endpoint (health checks) still
@@ -212,9 +257,8 @@ def client():
         cluster.close(timeout=TIMEOUT)
 
 
-@needs_distributed
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_local_cluster_equals_single_process_exactly(client, dtype):
+def test_local_cluster_equals_single_process(ldask, client, dtype):
     layer = _layer(dtype)
     x = _data(dtype, N=400)
     hs, h = _reference(layer, x)
@@ -222,11 +266,24 @@ def test_local_cluster_equals_single_process_exactly(client, dtype):
     full, last = ldask.predict(layer, xs), ldask.predict(layer, xs, last_only=True)
     full, last = client.persist([full, last])      # blocks stay on the workers
     distributed.wait([full, last], timeout=TIMEOUT)
-    # Both worker processes computed blocks.
-    assert len(client.run_on_scheduler(_workers_of_prefix, prefix="lstmc-predict")) == 2
+    # Every block was computed on the cluster: its result is held by a worker,
+    # and the workers are two processes other than this one. (How the blocks
+    # are shared between them is the scheduler's business, not asserted.)
+    pids = client.run(os.getpid)
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    holders = client.run_on_scheduler(_holders_of_prefix, prefix="lstmc-predict")
+    assert len(holders) == full.numblocks[0] + last.numblocks[0], holders
+    assert all(who and set(who) <= set(pids) for who in holders.values()), (holders, pids)
     got_full, got_last = (f.result(timeout=TIMEOUT) for f in client.compute([full, last]))
-    np.testing.assert_array_equal(got_full, hs)
-    np.testing.assert_array_equal(got_last, h)
+    _assert_same_math(got_full, hs, dtype)
+    _assert_same_math(got_last, h, dtype)
+
+
+def _holders_of_prefix(dask_scheduler, prefix):
+    """{key: [addresses of the workers holding it]} for the finished results named prefix-..."""
+    return {str(ts.key): sorted(ws.address for ws in ts.who_has or ())
+            for ts in dask_scheduler.tasks.values()
+            if _named(ts.key, prefix) and ts.state == "memory"}
 
 
 def _workers_of_prefix(dask_scheduler, prefix):
@@ -265,65 +322,79 @@ def _recomputed(dask_scheduler):
     return sum(n > 1 for n in plugin.finished.values())
 
 
-@needs_distributed
-def test_killed_worker_is_retried_and_result_is_exact(client):
+def test_killed_worker_is_retried_and_result_is_right(ldask, client):
     dtype = np.float64
     layer = _layer(dtype)
     x = _data(dtype, N=480)
     hs, h = _reference(layer, x)
 
-    def slow(block):                              # pickled by value (nested function)
-        time.sleep(0.05)
+    # 48 blocks of 10 rows. The last one waits for an Event the test sets only
+    # after the kill, so the job cannot finish before it, however fast or slow
+    # the machine; its task secedes from the worker's thread pool while it
+    # waits, so it never holds up the other blocks.
+    gate = distributed.Event(f"lstmc-test-gate-{uuid.uuid4().hex}", client=client)
+    gate_name, gated_block = gate.name, 47
+
+    def gated(block, block_id=None):              # pickled by value (nested function)
+        if block_id[0] == gated_block:
+            from distributed import Event, rejoin, secede
+            secede()
+            try:
+                if not Event(gate_name).wait(timeout=TIMEOUT):
+                    raise TimeoutError("the test never opened the gate")
+            finally:
+                rejoin()
         return block
 
-    # 48 blocks of 10 rows; each takes >= 50 ms, so the job takes >= 1.2 s on 2 workers.
-    xs = da.from_array(x, chunks=(10, 9, 16)).map_blocks(slow, dtype=dtype)
+    xs = da.from_array(x, chunks=(10, 9, 16)).map_blocks(gated, dtype=dtype)
     full, last = ldask.predict(layer, xs), ldask.predict(layer, xs, last_only=True)
     # register_plugin since distributed 2023.9; register_scheduler_plugin before.
     register = getattr(client, "register_plugin", None) or client.register_scheduler_plugin
     register(_Recomputes())
     try:
-        _kill_a_worker_midway(client, full, last, hs, h)
+        _kill_a_worker_midway(client, gate, full, last, hs, h)
     finally:
+        gate.set()                                # never leave a task waiting
         unregister = getattr(client, "unregister_scheduler_plugin", None)  # 2023.4+
         if unregister is not None:
             unregister(_Recomputes.name)
 
 
-def _kill_a_worker_midway(client, full, last, hs, h):
-    """Compute full and last; SIGKILL a worker holding finished blocks; check."""
+def _kill_a_worker_midway(client, gate, full, last, hs, h):
+    """Compute full and last; SIGKILL a worker holding finished blocks while
+    the gated block holds the job open; open the gate; check."""
     futures = client.compute([full, last])
 
-    # Wait until some blocks are done (held by a worker), then kill that worker's
-    # process: its results are lost and its running task dies with it.
+    # Poll (with a deadline) until a worker holds finished blocks, then kill
+    # that worker's process: its results are lost and must be computed again.
     deadline = time.monotonic() + TIMEOUT
     while True:
         held = client.run_on_scheduler(_workers_of_prefix, prefix="lstmc-predict")
         if held and max(held.values()) >= 3:
             break
-        assert time.monotonic() < deadline, "the computation did not start"
-        assert not all(f.done() for f in futures), "finished before the kill"
+        assert time.monotonic() < deadline, "no block finished in time"
         time.sleep(0.01)
     victim = max(held, key=held.get)
     pids = client.run(os.getpid)
-    assert not all(f.done() for f in futures), "finished before the kill"
+    assert not any(f.done() for f in futures), "finished although the gate is closed"
     os.kill(pids[victim], signal.SIGKILL)
+    gate.set()
 
     got_full, got_last = (f.result(timeout=TIMEOUT) for f in futures)  # lost work is redone
-    np.testing.assert_array_equal(got_full, hs)
-    np.testing.assert_array_equal(got_last, h)
-    # The blocks the victim held were computed again, elsewhere or on its successor.
+    _assert_same_math(got_full, hs, np.float64)
+    _assert_same_math(got_last, h, np.float64)
+    # The blocks the victim held (nothing else had read them: the only task
+    # that reads them all waits for the gated block) were computed again.
     assert client.run_on_scheduler(_recomputed) >= held[victim]
-    # The nanny restarted the worker: two workers again, the victim gone.
-    client.wait_for_workers(2, timeout=TIMEOUT)
+    # The victim is gone and its nanny started a fresh worker: two workers again.
     deadline = time.monotonic() + TIMEOUT
-    while victim in client.scheduler_info()["workers"] and time.monotonic() < deadline:
+    while victim in client.scheduler_info()["workers"]:
+        assert time.monotonic() < deadline, "the killed worker is still listed"
         time.sleep(0.05)
-    assert victim not in client.scheduler_info()["workers"]
+    client.wait_for_workers(2, timeout=TIMEOUT)
 
 
-@needs_distributed
-def test_npy_file_is_read_on_the_workers(client, tmp_path):
+def test_npy_file_is_read_on_the_workers(ldask, client, tmp_path):
     layer = _layer(np.float32)
     x = _data(np.float32, N=120)
     path = tmp_path / "xs.npy"
@@ -334,4 +405,4 @@ def test_npy_file_is_read_on_the_workers(client, tmp_path):
     assert sum(len(pickle.dumps(t)) for t in _optimized_graph(xs).values()) < x.nbytes // 4
     _, h = _reference(layer, x)
     got = client.compute(ldask.predict(layer, xs, last_only=True)).result(timeout=TIMEOUT)
-    np.testing.assert_array_equal(got, h)
+    _assert_same_math(got, h, np.float32)

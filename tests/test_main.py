@@ -14,6 +14,8 @@ import sys
 import pytest
 
 import lstmc
+from lstmc import _train
+from optional import require
 
 PKG_PARENT = str(pathlib.Path(lstmc.__file__).resolve().parent.parent)
 TINY = ["--steps", "30", "--hidden", "32", "--length", "120"]
@@ -132,11 +134,37 @@ def test_time_budget(workdir):
 
 
 def test_default_budget_is_announced(workdir):
-    # --help is instant; the default budget itself is printed in the report.
+    # The README's `python -m lstmc`, no arguments: its header announces the
+    # default budget (steps, and seconds for a slow machine) before training
+    # starts. Read that line, then stop the run: the budget itself takes ~a minute.
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONPATH=os.pathsep.join(
+        [PKG_PARENT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.Popen([sys.executable, "-m", "lstmc"], cwd=str(workdir), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, encoding="utf-8")
+    header = []
+    try:
+        for line in proc.stdout:              # flushed line by line; ends by the budget
+            header.append(line.rstrip("\n"))
+            if line.startswith("  budget") or not line.strip():
+                break
+    finally:
+        proc.kill()
+        proc.communicate()
+    budget = [line for line in header if line.startswith("  budget")]
+    assert budget, "no budget line in the header:\n" + "\n".join(header)
+    steps, seconds = field(budget[0], r"^  budget\s+up to ([0-9,]+) steps or ([0-9.]+) s, "
+                                      r"whichever comes first$")
+    assert int(steps.replace(",", "")) == _train.DEFAULT_STEPS > 0
+    assert float(seconds) == _train.DEFAULT_SECONDS
+    assert 0 < float(seconds) <= 60, "the README promises about a minute"
+
+
+def test_help_names_the_commands_and_options(workdir):
     r = run(["--help"], workdir)
-    assert r.returncode == 0
+    assert r.returncode == 0, r.stderr
     assert "check" in r.stdout and "bench" in r.stdout
-    assert "--corpus" in r.stdout and "--seconds" in r.stdout
+    assert "--corpus" in r.stdout and "--seconds" in r.stdout and "--steps" in r.stdout
 
 
 def test_float64_and_own_corpus(workdir):
@@ -153,8 +181,7 @@ def test_float64_and_own_corpus(workdir):
 
 
 def test_save_writes_loadable_weights(workdir):
-    pytest.importorskip("lstmc._io")
-    from lstmc._io import load
+    from lstmc import load
 
     path = workdir / "weights.npz"
     r = run(["--steps", "3", "--hidden", "8", "--length", "5", "--save", str(path)], workdir)
@@ -238,17 +265,6 @@ def test_short_corpus_message_says_what_is_needed(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_bench_dispatch(tmp_path):
-    try:
-        import lstmc._bench  # noqa: F401
-    except ModuleNotFoundError:
-        r = run(["bench"], tmp_path)
-        assert r.returncode == 2
-        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    else:
-        pytest.skip("lstmc._bench exists; its own tests cover it")
-
-
 # --------------------------------------------------------------------------- check
 
 @pytest.fixture(scope="module")
@@ -272,7 +288,7 @@ def test_check_passes(check_run):
 
 
 def test_check_reports_blas_with_threadpoolctl(check_run):
-    pytest.importorskip("threadpoolctl")
+    require("threadpoolctl", "lstmc[test]")       # in the test extra: never skips in CI
     assert "the one lstmc calls" in check_run.stdout
     assert re.search(r"BLAS\s+\w+ \S+, .*threads", check_run.stdout)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import lstmc
+from reference import RefTimeLSTM, assert_close, cell_backward, cell_forward
 
 
 def _weights(rng, D, H, dtype):
@@ -33,6 +34,17 @@ def test_lstm_pickle_roundtrip_keeps_weights_and_grads(dtype):
         clone.backward(np.ones((2, 4), dtype), np.ones((2, 4), dtype))
     for got, want in zip(clone.forward(x, h, c), cell.forward(x, h, c)):
         np.testing.assert_array_equal(got, want)
+    dh, dc = (rng.standard_normal((2, 4)).astype(dtype) for _ in range(2))
+    for got, want in zip(clone.backward(dh, dc), cell.backward(dh, dc)):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(clone.grads, cell.grads):
+        np.testing.assert_array_equal(got, want)
+    # ... and the original is right (the NumPy reference): the clone copies it.
+    h1, c1, cache = cell_forward(x, h, c, *cell.params)
+    want = cell_backward(dh, dc, cache, *cell.params[:2])
+    for got, w in zip(list(clone.forward(x, h, c)) + list(clone.backward(dh, dc)) + clone.grads,
+                      [h1, c1, *want]):
+        assert_close(got, w, dtype)
     # The pickle holds no scratch buffers: its size is the weights' and grads' size.
     nbytes = sum(a.nbytes for a in cell.params + cell.grads)
     assert len(pickle.dumps(cell)) < nbytes + 2000
@@ -55,16 +67,42 @@ def test_timelstm_pickle_and_deepcopy_keep_state(stateful):
     xs = rng.standard_normal((2, 4, 3))
     layer.forward(xs)
     layer.backward(np.ones((2, 4, 5)))
-    for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+    h_held, c_held = layer.h, layer.c
+    params = [p.copy() for p in layer.params]
+    grads = [g.copy() for g in layer.grads]
+    held = {"h": layer.h.copy(), "c": layer.c.copy(), "dh": layer.dh.copy()}
+    clones = [pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)]
+    xs2 = rng.standard_normal((2, 4, 3))
+    dhs2 = rng.standard_normal((2, 4, 5))
+    # What the layer computes next, from the state it holds (its own future).
+    want_hs, want_dxs = layer.forward(xs2), layer.backward(dhs2)
+    want = {"h": layer.h, "c": layer.c, "dh": layer.dh}
+    want_grads = [g.copy() for g in layer.grads]
+    # The same, from the NumPy reference and the state held before that call.
+    ref = RefTimeLSTM(*layer.params, stateful=stateful)
+    if stateful:
+        ref.set_state(h_held, c_held)
+    assert_close(want_hs, ref.forward(xs2), np.float64, "hs")
+    assert_close(want_dxs, ref.backward(dhs2), np.float64, "dxs")
+    assert_close(want["dh"], ref.dh, np.float64, "dh")
+    for g, rg in zip(want_grads, ref.grads):
+        assert_close(g, rg, np.float64, "grads")
+    for clone in clones:
         assert clone.stateful == stateful
-        for name in ("h", "c", "dh"):
-            np.testing.assert_array_equal(getattr(clone, name), getattr(layer, name))
-        for a, b in zip(clone.grads, layer.grads):
+        for a, b, orig in zip(clone.params, params, layer.params):
+            assert a is not orig and not np.shares_memory(a, orig)
             np.testing.assert_array_equal(a, b)
-        # Both continue identically from the state they hold.
-        ref = copy.deepcopy(layer)
-        np.testing.assert_array_equal(clone.forward(xs), ref.forward(xs))
-        clone.backward(np.ones((2, 4, 5)))
+        for name, value in held.items():
+            np.testing.assert_array_equal(getattr(clone, name), value)
+        for a, b in zip(clone.grads, grads):
+            np.testing.assert_array_equal(a, b)
+        # Each clone continues exactly as the original did from the state it held.
+        np.testing.assert_array_equal(clone.forward(xs2), want_hs)
+        np.testing.assert_array_equal(clone.backward(dhs2), want_dxs)
+        for name in ("h", "c", "dh"):
+            np.testing.assert_array_equal(getattr(clone, name), want[name])
+        for a, b in zip(clone.grads, want_grads):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_unpickle_in_another_process(tmp_path):

@@ -1,7 +1,5 @@
 """Failure atomicity, aliasing, allocation and sharing: the promises that the
 parity tests do not reach."""
-import threading
-import time
 import tracemalloc
 
 import numpy as np
@@ -9,7 +7,7 @@ import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import lstmc
-from reference import assert_close, cell_backward, cell_forward, count_while, time_forward
+from reference import assert_close, cell_backward, cell_forward, time_forward
 
 
 def _weights(rng, D, H, dtype):
@@ -45,22 +43,49 @@ def test_out_path_returns_the_out_tuple_and_allocates_nothing():
     c = np.zeros((2, H), np.float32)
     out = (h, c)
     assert cell.forward(x, h, c, out=out, train=False) is out
-    tracemalloc.start()
-    try:
-        for _ in range(100):                       # warm up
-            cell.forward(x, h, c, out=out, train=False)
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        for _ in range(2000):
-            cell.forward(x, h, c, out=out, train=False)
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    # NumPy reports its allocations to tracemalloc. Measured: this loop peaks
-    # ~160 bytes over the baseline (the interpreter's own small objects), the
-    # same loop without out= (two new (2, 16) arrays a call) ~600.
-    assert current - base < 300, (base, current)
-    assert peak - base < 300, (base, peak)
+
+    # NumPy reports its allocations to tracemalloc. The bounds come from this
+    # run, not from a number measured once: the same loop calling a stand-in
+    # that does no work (what the interpreter itself allocates: ~250 bytes of
+    # peak on CPython 3.11, a few dozen held), and one that allocates a single
+    # (N, H) array a call (the smallest allocation forward could make).
+    def stand_in(x, h_prev, c_prev, *, out=None, train=True):
+        return out
+
+    def one_array(x, h_prev, c_prev, *, out=None, train=True):
+        return np.empty_like(h_prev)
+
+    calls = 2000
+
+    def traced(fn):
+        """Bytes (still held, peak) over `calls` calls, after a warm-up; the best
+        of three runs (anything else the process does can only add)."""
+        runs = []
+        for _ in range(3):
+            tracemalloc.start()
+            try:
+                for _ in range(100):                       # warm up
+                    fn(x, h, c, out=out, train=False)
+                base = tracemalloc.get_traced_memory()[0]
+                tracemalloc.reset_peak()
+                for _ in range(calls):
+                    fn(x, h, c, out=out, train=False)
+                current, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            runs.append((current - base, peak - base))
+        return min(r[0] for r in runs), min(r[1] for r in runs)
+
+    held, peak = traced(cell.forward)
+    noise_held, noise_peak = traced(stand_in)
+    _, array_peak = traced(one_array)
+    assert array_peak > noise_peak, (array_peak, noise_peak)   # the probe can see an array
+    # A leak grows with the number of calls, the interpreter's noise does not:
+    # less than one byte a call stays (a leaked object is >= 16 bytes a call).
+    assert held < noise_held + calls, (held, noise_held)
+    # Nothing is allocated per call: the peak stays within half an (N, H) array
+    # of the stand-in's.
+    assert peak < noise_peak + (array_peak - noise_peak) / 2, (peak, noise_peak, array_peak)
 
 
 def _huge_stride(a, axis, nbytes):
@@ -140,52 +165,7 @@ def test_training_on_rows_spaced_unevenly_matches_reference(layout):
                                rtol=1e-12, atol=1e-14)
 
 
-def test_threads_sharing_one_timelstm_get_their_own_results():
-    rng = np.random.default_rng(6)
-    D, H, T = 5, 8, 7
-    layer = lstmc.TimeLSTM(*_weights(rng, D, H, np.float64))
-    inputs = [rng.standard_normal((n, T, D)) for n in (1, 2, 3, 5)]
-    wants = [lstmc.TimeLSTM(*layer.params).forward(xs, train=False) for xs in inputs]
-    errors = []
-
-    def work(k):
-        for i in range(200):
-            j = (k + i) % len(inputs)
-            got = layer.forward(inputs[j], train=False)
-            if not np.array_equal(got, wants[j]):
-                errors.append((k, i, j))
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:5]
-
-
-def test_gil_released_during_a_sequence():
-    """Another Python thread keeps running while a long TimeLSTM forward computes."""
-    from threadpoolctl import threadpool_limits
-    import scipy.linalg  # noqa: F401  (load SciPy's BLAS so threadpoolctl can limit it)
-
-    rng = np.random.default_rng(7)
-    N, T, D, H = 16, 400, 128, 256
-    layer = lstmc.TimeLSTM(*_weights(rng, D, H, np.float64))
-    xs = rng.standard_normal((N, T, D))
-    with threadpool_limits(limits=1):     # one BLAS thread: a core stays free for the counter
-        t0 = time.perf_counter()
-        layer.forward(xs)
-        reps = int(min(8, max(2, np.ceil(0.5 / (time.perf_counter() - t0)))))
-
-        def work():
-            for _ in range(reps):
-                layer.forward(xs)
-                layer.backward(np.ones((N, T, H)))
-
-        busy, elapsed = count_while(work)
-        idle, _ = count_while(lambda: time.sleep(elapsed))
-    # Held, the GIL would let the counter run only between calls.
-    assert busy > 0.2 * idle, (busy, idle, reps)
+# Threads sharing a layer and the GIL: test_threads.py. Leaks: test_leaks.py.
 
 
 def test_inference_memory_does_not_grow_with_T():
