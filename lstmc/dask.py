@@ -14,10 +14,11 @@ Scoring a Zarr array, or a ``.npy`` file on a filesystem the workers share
 
 How the work is split. Each block of rows goes to ``TimeLSTM.forward(block,
 train=False)``: sequences are independent (the layer's held state, if it is
-stateful, is not used), so any split along the batch axis gives the same
-numbers. The whole-array forward and the blockwise one are bit-for-bit equal
-as long as no block has exactly one row (a one-row batch goes to BLAS gemv
-instead of gemm, which may round differently in the last bit).
+stateful, is not used), so any split along the batch axis computes the same
+math. The whole-array forward and the blockwise one agree to the documented
+tolerance (float64 ~1e-12 relative, float32 ~1e-5), not bit for bit: BLAS may
+pick another kernel for another row count (and gemv for one row), and Dask
+workers may run BLAS with another thread count, all of which round differently.
 
 How the weights travel. ``predict`` copies the layer's weights ``(Wx, Wh, b)``
 once (so later training steps do not change a lazy result) and puts that copy
