@@ -59,9 +59,10 @@ class build_py_with_pxd(build_py):
 
 
 
-def extension(name, depends):
+def extension(name, depends, module=None):
+    """Extension `module` (default lstmc.<name>) built from src/<name>.pyx."""
     return Extension(
-        f"lstmc.{name}",
+        module or f"lstmc.{name}",
         sources=[f"src/{name}.pyx"],
         include_dirs=["src", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
@@ -74,7 +75,7 @@ extensions = [
     # The kernels, the sequence loop and the entry points of the layers.
     extension("_cell", ["src/_gates.h", "src/_blas.pxd", "src/_cell.pxd"]),
     # The benchmark's BLAS floor: the same BLAS calls, looped in C.
-    extension("_floor", ["src/_blas.pxd", "src/_gates.h"]),
+    extension("_floor", ["src/_blas.pxd", "src/_gates.h"], module="lstmc.bench._floor"),
 ]
 
 setup(

@@ -9,12 +9,12 @@ machine, and what they run on. So this module
 * prints build information: lstmc, Python, platform, NumPy, SciPy, and the BLAS
   libraries loaded in the process (through threadpoolctl when it is installed);
 * compares ``lstmc.LSTM`` and ``lstmc.TimeLSTM`` forward and backward passes with
-  a plain NumPy implementation of the contract's math, in float32 and float64;
+  the plain NumPy implementation in ``lstmc.reference``, in float32 and float64;
 * checks the float64 gradients against central differences of a scalar loss.
 
-The reference below is written from the math in the spec, independent of the
-package's code, and is always evaluated in float64. Exit code 0 when every check
-passes, 1 otherwise.
+The reference shares no code with the compiled layers and is always evaluated in
+float64 here, so a float32 layer is judged against the exact math of its data.
+Exit code 0 when every check passes, 1 otherwise.
 """
 
 import importlib.machinery
@@ -25,6 +25,7 @@ import traceback
 
 import numpy as np
 
+from lstmc import _blas_threads, reference
 from lstmc._cli import Parser
 
 __all__ = ["main"]
@@ -36,61 +37,9 @@ GRADCHECK_TOLERANCE = 1e-6
 
 # --------------------------------------------------------------------------- reference
 
-def _sigmoid(a):
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
-
-
-def ref_step(x, h_prev, c_prev, Wx, Wh, b):
-    """One LSTM step in float64, gate order f, g, i, o; returns h, c and a cache."""
-    H = Wh.shape[0]
-    A = x @ Wx + h_prev @ Wh + b
-    f = _sigmoid(A[:, :H])
-    g = np.tanh(A[:, H:2 * H])
-    i = _sigmoid(A[:, 2 * H:3 * H])
-    o = _sigmoid(A[:, 3 * H:])
-    c = f * c_prev + g * i
-    h = o * np.tanh(c)
-    return h, c, (x, h_prev, c_prev, f, g, i, o, c)
-
-
-def ref_step_backward(dh, dc, cache, Wx, Wh):
-    """Gradients of one step: dx, dh_prev, dc_prev, dWx, dWh, db."""
-    x, h_prev, c_prev, f, g, i, o, c = cache
-    tc = np.tanh(c)
-    ds = dc + dh * o * (1.0 - tc * tc)
-    dA = np.concatenate([ds * c_prev * f * (1.0 - f),
-                         ds * i * (1.0 - g * g),
-                         ds * g * i * (1.0 - i),
-                         dh * tc * o * (1.0 - o)], axis=1)
-    return dA @ Wx.T, dA @ Wh.T, ds * f, x.T @ dA, h_prev.T @ dA, dA.sum(axis=0)
-
-
-def ref_sequence(xs, h0, c0, Wx, Wh, b):
-    """The whole sequence: hs (N, T, H), final h, c, and per-step caches."""
-    N, T, _ = xs.shape
-    hs = np.empty((N, T, Wh.shape[0]))
-    h, c, caches = h0, c0, []
-    for t in range(T):
-        h, c, cache = ref_step(xs[:, t], h, c, Wx, Wh, b)
-        hs[:, t] = h
-        caches.append(cache)
-    return hs, h, c, caches
-
-
-def ref_sequence_backward(dhs, caches, Wx, Wh):
-    """dxs, dh0, dWx, dWh, db summed over time (no gradient flows into the last c)."""
-    N, T, H = dhs.shape
-    dxs = np.empty((N, T, Wx.shape[0]))
-    dh = np.zeros((N, H))
-    dc = np.zeros((N, H))
-    dWx, dWh, db = np.zeros(Wx.shape), np.zeros(Wh.shape), np.zeros(Wh.shape[1])
-    for t in reversed(range(T)):
-        dx, dh, dc, gWx, gWh, gb = ref_step_backward(dhs[:, t] + dh, dc, caches[t], Wx, Wh)
-        dxs[:, t] = dx
-        dWx += gWx
-        dWh += gWh
-        db += gb
-    return dxs, dh, dWx, dWh, db
+# The backward step the checks call, by a name of this module: a test replaces it
+# with a wrong one to show that the check then fails.
+ref_step_backward = reference.cell_backward
 
 
 # --------------------------------------------------------------------------- checks
@@ -145,7 +94,7 @@ def check_lstm(dtype, rng):
     dh = rng.standard_normal((N, H)).astype(dtype)
     dc = rng.standard_normal((N, H)).astype(dtype)
     W64 = _f64(Wx, Wh, b)
-    h_ref, c_ref, cache = ref_step(*_f64(x, h0, c0), *W64)
+    h_ref, c_ref, cache = reference.cell_forward(*_f64(x, h0, c0), *W64)
     dx_ref, dhp_ref, dcp_ref, dWx_ref, dWh_ref, db_ref = ref_step_backward(
         *_f64(dh, dc), cache, W64[0], W64[1])
 
@@ -177,14 +126,14 @@ def check_time_lstm(dtype, rng):
     Wx, Wh, b = _weights(rng, D, H, dtype)
     xs = rng.standard_normal((N, T, D)).astype(dtype)
     dhs = rng.standard_normal((N, T, H)).astype(dtype)
+    xs64, dhs64 = _f64(xs, dhs)
     W64 = _f64(Wx, Wh, b)
-    zeros = np.zeros((N, H))
     pairs = []
 
     # Not stateful: starts from zeros, full backward.
-    hs_ref, h_ref, c_ref, caches = ref_sequence(_f64(xs)[0], zeros, zeros, *W64)
-    dxs_ref, dh0_ref, dWx_ref, dWh_ref, db_ref = ref_sequence_backward(
-        _f64(dhs)[0], caches, W64[0], W64[1])
+    hs_ref, h_ref, c_ref, caches = reference.time_forward(xs64, *W64)
+    dxs_ref, dWx_ref, dWh_ref, db_ref, dh0_ref, _ = reference.time_backward(
+        dhs64, caches, W64[0], W64[1])
     layer = lstmc.TimeLSTM(Wx, Wh, b)
     hs_inf = layer.forward(xs, train=False)
     hs = layer.forward(xs)
@@ -198,7 +147,7 @@ def check_time_lstm(dtype, rng):
     # Stateful: set_state(h0, c0), then the sequence in two calls equals one pass.
     h0 = rng.standard_normal((N, H)).astype(dtype)
     c0 = rng.standard_normal((N, H)).astype(dtype)
-    hs_ref, h_ref, c_ref, _ = ref_sequence(_f64(xs)[0], *_f64(h0, c0), *W64)
+    hs_ref, h_ref, c_ref, _ = reference.time_forward(xs64, *W64, *_f64(h0, c0))
     s = lstmc.TimeLSTM(Wx, Wh, b, stateful=True)
     s.set_state(h0, c0)
     k = T // 2
@@ -209,23 +158,17 @@ def check_time_lstm(dtype, rng):
               ("stateful h", s.h, h_ref), ("stateful c", s.c, c_ref)]
     s.reset_state()
     again = s.forward(xs)
-    pairs.append(("hs after reset_state", again, ref_sequence(_f64(xs)[0], zeros, zeros, *W64)[0]))
+    pairs.append(("hs after reset_state", again, reference.time_forward(xs64, *W64)[0]))
     return _compare(pairs, TOLERANCE[dtype])
 
 
-def _numeric_grad(loss, array, eps=1e-6):
-    """Central differences of loss() with respect to each element of array, in place."""
-    grad = np.empty(array.shape)
-    flat, gflat = array.reshape(-1), grad.reshape(-1)
-    for j in range(flat.size):
-        saved = flat[j]
-        flat[j] = saved + eps
-        up = loss()
-        flat[j] = saved - eps
-        down = loss()
-        flat[j] = saved
-        gflat[j] = (up - down) / (2 * eps)
-    return grad
+def _gradcheck(loss, layer, analytic):
+    """Compare (name, gradient, input) triples and the layer's grads with central
+    differences of loss() with respect to each input and parameter."""
+    analytic = analytic + [(n, np.array(g), p) for n, g, p in
+                           zip(("dWx", "dWh", "db"), layer.grads, layer.params)]
+    return _compare([(n, g, reference.numerical_gradient(loss, p)) for n, g, p in analytic],
+                    GRADCHECK_TOLERANCE, "central differences")
 
 
 def gradcheck_lstm(rng):
@@ -244,11 +187,7 @@ def gradcheck_lstm(rng):
 
     layer.forward(x, h0, c0)
     dx, dh0, dc0 = layer.backward(Rh, Rc)
-    analytic = [("dx", dx, x), ("dh_prev", dh0, h0), ("dc_prev", dc0, c0)]
-    analytic += [(n, np.array(g), p) for n, g, p in zip(("dWx", "dWh", "db"), layer.grads,
-                                                          layer.params)]
-    return _compare([(n, g, _numeric_grad(loss, p)) for n, g, p in analytic],
-                    GRADCHECK_TOLERANCE, "central differences")
+    return _gradcheck(loss, layer, [("dx", dx, x), ("dh_prev", dh0, h0), ("dc_prev", dc0, c0)])
 
 
 def gradcheck_time_lstm(rng):
@@ -269,11 +208,7 @@ def gradcheck_time_lstm(rng):
     layer.set_state(h0.copy(), c0.copy())
     layer.forward(xs)
     dxs = layer.backward(R)
-    analytic = [("dxs", dxs, xs), ("dh", np.array(layer.dh), h0)]
-    analytic += [(n, np.array(g), p) for n, g, p in zip(("dWx", "dWh", "db"), layer.grads,
-                                                          layer.params)]
-    return _compare([(n, g, _numeric_grad(loss, p)) for n, g, p in analytic],
-                    GRADCHECK_TOLERANCE, "central differences")
+    return _gradcheck(loss, layer, [("dxs", dxs, xs), ("dh", np.array(layer.dh), h0)])
 
 
 def _checks():
@@ -291,31 +226,14 @@ def _checks():
 # --------------------------------------------------------------------------- build info
 
 def _blas_lines():
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
+    if not _blas_threads.available():
         return ["unknown (pip install threadpoolctl to see which BLAS is loaded)"]
-    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, the one lstmc calls)
-
     lines = []
-    for info in threadpool_info():
-        if info.get("user_api") != "blas":
-            continue
-        path = info.get("filepath") or ""
-        parts = path.replace("\\", "/").split("/")
-        if any(p in ("scipy.libs", "scipy") for p in parts):
-            owner = "SciPy's: the one lstmc calls"
-        elif any(p in ("numpy.libs", "numpy") for p in parts):
-            owner = "NumPy's"
-        else:
-            owner = os.path.basename(path) or "?"
-        details = [str(info.get("internal_api", "?")), str(info.get("version") or "?")]
-        kernel = info.get("architecture") or info.get("threading_layer")
-        text = " ".join(details)
-        if kernel:
-            text += ", %s kernels" % kernel if info.get("architecture") else ", %s" % kernel
-        text += ", %s threads" % info.get("num_threads", "?")
-        lines.append("%s  (%s)" % (text, owner))
+    for pool in _blas_threads.pools():
+        line = _blas_threads.describe(pool)
+        if _blas_threads.owner(pool) == "scipy":
+            line += ": the one lstmc calls"
+        lines.append(line)
     return lines or ["none found by threadpoolctl"]
 
 

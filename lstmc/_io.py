@@ -27,13 +27,14 @@ import zlib
 
 import numpy as np
 
+from lstmc import _validate
+
 __all__ = ["save", "load"]
 
 _FORMAT = "lstmc"
 _VERSION = 1
 _KINDS = ("LSTM", "TimeLSTM")
 _KEYS = ("format", "version", "kind", "stateful", "Wx", "Wh", "b")
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Errors that NumPy and zipfile raise on damaged archives or members.
 _READ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile,
@@ -64,36 +65,13 @@ def _member(npz, key, where):
 
 
 def _check_weights(Wx, Wh, b, where):
-    """``ValueError`` unless ``Wx``, ``Wh``, ``b`` are lstmc weights."""
-    for name, arr, ndim, pattern in (("Wx", Wx, 2, "(D, 4*H)"),
-                                     ("Wh", Wh, 2, "(H, 4*H)"),
-                                     ("b", b, 1, "(4*H,)")):
-        if arr.dtype not in _FLOATS:
-            raise ValueError(
-                f"{where}: {name} has dtype {arr.dtype}; "
-                "expected float32 or float64")
-        if arr.ndim != ndim:
-            raise ValueError(
-                f"{where}: {name} must be {ndim}-D with shape {pattern}, "
-                f"got shape {arr.shape}")
-    if not Wx.dtype == Wh.dtype == b.dtype:
-        raise ValueError(
-            f"{where}: Wx, Wh and b must share one dtype, got "
-            f"{Wx.dtype}, {Wh.dtype} and {b.dtype}")
-    n4 = Wx.shape[1]
-    if n4 % 4:
-        raise ValueError(
-            f"{where}: Wx has shape {Wx.shape} whose 4*H axis (length {n4}) "
-            "is not divisible by 4")
-    H = n4 // 4
-    if Wh.shape != (H, n4):
-        raise ValueError(
-            f"{where}: Wh must have shape (H, 4*H) = {(H, n4)} to match Wx "
-            f"of shape {Wx.shape}, got {Wh.shape}")
-    if b.shape != (n4,):
-        raise ValueError(
-            f"{where}: b must have shape (4*H,) = {(n4,)} to match Wx of "
-            f"shape {Wx.shape}, got {b.shape}")
+    """``ValueError`` unless ``Wx``, ``Wh``, ``b`` are lstmc weights: the
+    layers' own check, its message prefixed with ``where`` (a bad file is a
+    ValueError, whatever is wrong in it)."""
+    try:
+        _validate.weights(Wx, Wh, b)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _layer_kind(layer):

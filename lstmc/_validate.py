@@ -69,32 +69,47 @@ def matrix(a, name, typenum, rows, cols):
     return a
 
 
-def weights(Wx, Wh, b):
+def weights(Wx, Wh, b, names=("Wx", "Wh", "b")):
     """Check the weights of a layer; returns ([Wx, Wh, b], dtype, D, H).
+
+    The one check of a set of weights: the layers call it, lstmc.load reports
+    its errors about a file's arrays, and lstmc.convert calls it after its own
+    conversions (``names``: the arguments' names there, e.g. Keras's kernel,
+    recurrent_kernel, bias). A wrong dtype is a TypeError, a wrong shape a
+    ValueError.
 
     Arrays that are already C-contiguous and float32/float64 are kept as the
     very objects passed (so in-place updates are seen); others are converted.
     """
-    arrays = []
-    for name, a in (("Wx", Wx), ("Wh", Wh), ("b", b)):
-        a = np.asarray(a)
+    nx, nh, nb = names
+    arrays = [np.asarray(a) for a in (Wx, Wh, b)]
+    for name, a in zip(names, arrays):
         if a.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} has dtype {a.dtype}; expected float32 or float64")
-        arrays.append(a)
-    Wx, Wh, b = arrays
-    dtype = Wx.dtype
-    for name, a in (("Wh", Wh), ("b", b)):
+    dtype = arrays[0].dtype
+    for name, a in zip(names[1:], arrays[1:]):
         if a.dtype != dtype:
-            raise TypeError(f"{name} has dtype {a.dtype}; expected {dtype} (the dtype of Wx)")
-    if Wx.ndim != 2 or Wx.shape[1] % 4 or Wx.shape[0] < 1 or Wx.shape[1] < 4:
-        raise ValueError(f"Wx has shape {Wx.shape}; expected (D, 4*H) with D >= 1, H >= 1")
-    D, H = Wx.shape[0], Wx.shape[1] // 4
-    if Wh.shape != (H, 4 * H):
-        raise ValueError(f"Wh has shape {Wh.shape}; expected {(H, 4 * H)}")
-    if b.shape != (4 * H,):
-        raise ValueError(f"b has shape {b.shape}; expected {(4 * H,)}")
-    arrays = [contiguous(a) for a in (Wx, Wh, b)]
-    return arrays, dtype, D, H
+            raise TypeError(f"{name} has dtype {a.dtype}; expected {dtype}, the dtype of {nx} "
+                            f"({nx}, {nh} and {nb} must share one dtype)")
+    patterns = ("(D, 4*H)", "(H, 4*H)", "(4*H,)")
+    for name, a, ndim, pattern in zip(names, arrays, (2, 2, 1), patterns):
+        if a.ndim != ndim:
+            raise ValueError(f"{name} must be {ndim}-D with shape {pattern}, got shape {a.shape}")
+    Wx, Wh, b = arrays
+    D, n4 = Wx.shape
+    if n4 % 4:
+        raise ValueError(f"{nx} has shape {Wx.shape}; expected (D, 4*H), but its 4*H axis "
+                         f"(length {n4}) is not divisible by 4")
+    if D < 1 or n4 < 4:
+        raise ValueError(f"{nx} has shape {Wx.shape}; expected (D, 4*H) with D >= 1, H >= 1")
+    H = n4 // 4
+    if Wh.shape != (H, n4):
+        raise ValueError(f"{nh} must have shape (H, 4*H) = {(H, n4)} to match {nx} of shape "
+                         f"{Wx.shape}, got {Wh.shape}")
+    if b.shape != (n4,):
+        raise ValueError(f"{nb} must have shape (4*H,) = {(n4,)} to match {nx} of shape "
+                         f"{Wx.shape}, got {b.shape}")
+    return [contiguous(a) for a in arrays], dtype, D, H
 
 
 def _check_list(layer, attr, names, writable):

@@ -44,6 +44,8 @@ there are none; mixing float32 with float64 arrays raises ``TypeError``.  No fra
 
 import numpy as np
 
+from lstmc import _validate
+
 __all__ = [
     "from_torch",
     "to_torch",
@@ -193,12 +195,11 @@ def _column_arrays(names, kernel, recurrent, bias):
     nk, nr, nb = names
     arrs, dtype = _arrays((nb,), **{nk: kernel, nr: recurrent, nb: bias})
     kernel, recurrent, bias = arrs[nk], arrs[nr], arrs[nb]
-    n4 = _gate_axis_length(kernel, nk, 1, ("D", "4*H"))
-    H = n4 // 4
-    _check_shape(recurrent, nr, (H, n4), "(H, 4*H)")
     if bias is None:
-        bias = np.zeros(n4, dtype)
-    _check_shape(bias, nb, (n4,), "(4*H,)")
+        # zeros as long as the kernel's last axis; the check below judges the kernel
+        bias = np.zeros(kernel.shape[-1:], dtype)
+    (kernel, recurrent, bias), dtype, _, H = _validate.weights(kernel, recurrent, bias,
+                                                               names=names)
     return kernel, recurrent, bias, H, dtype
 
 

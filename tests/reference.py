@@ -1,12 +1,9 @@
-"""Plain NumPy reference for the lstmc contract (spec.md, "Math").
+"""The NumPy reference, evaluated in float64, and the helpers the tests share.
 
-Everything here works in float64, whatever the dtype of its inputs, so a
-float32 layer is compared against the float64 math of the same
-float32-rounded data.
-
-Gate order along the 4H axis is f, g, i, o.  Unlike the seed notebook this
-reference slices ``g = A[:, H:2H]`` (not ``A[: H:2H]``) and its cache keeps
-the real ``c_prev`` (not ``h_next``).
+The LSTM math is ``lstmc.reference`` (gate order f, g, i, o; g from the
+columns H:2H of A; the cache keeps the real c_prev). The wrappers below
+evaluate it in float64 whatever the dtype of their inputs, so a float32 layer
+is compared against the float64 math of the same float32-rounded data.
 
 The module also holds the small helpers the test files share (tolerances,
 memory layouts, weights, a central-difference gradient checker); it is
@@ -20,6 +17,9 @@ import time
 
 import numpy as np
 
+from lstmc import reference as _ref
+from lstmc.reference import numerical_gradient, sigmoid
+
 __all__ = [
     "sigmoid", "cell_forward", "cell_backward", "time_forward",
     "time_backward", "RefTimeLSTM", "numerical_gradient", "assert_grad_close",
@@ -29,60 +29,23 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------
-# Math
+# The reference math in float64
 # --------------------------------------------------------------------------
 
-def sigmoid(a):
-    """Numerically stable logistic function (no overflow; exact 0/1 at saturation)."""
-    a = np.asarray(a, dtype=np.float64)
-    out = np.empty_like(a)
-    pos = a >= 0          # NaN compares False and goes to the second branch
-    neg = ~pos
-    out[pos] = 1.0 / (1.0 + np.exp(-a[pos]))
-    e = np.exp(a[neg])
-    out[neg] = e / (1.0 + e)
-    return out
-
-
 def _f64(*arrays):
-    return [np.array(a, dtype=np.float64) for a in arrays]
+    return [None if a is None else np.array(a, dtype=np.float64) for a in arrays]
 
 
 def cell_forward(x, h_prev, c_prev, Wx, Wh, b):
-    """One LSTM step.  Returns ``(h_next, c_next, cache)`` in float64."""
-    x, h_prev, c_prev, Wx, Wh, b = _f64(x, h_prev, c_prev, Wx, Wh, b)
-    H = Wh.shape[0]
-    A = x @ Wx + h_prev @ Wh + b
-    f = sigmoid(A[:, :H])
-    g = np.tanh(A[:, H:2 * H])
-    i = sigmoid(A[:, 2 * H:3 * H])
-    o = sigmoid(A[:, 3 * H:])
-    c_next = f * c_prev + g * i
-    tanh_c = np.tanh(c_next)
-    h_next = o * tanh_c
-    cache = dict(x=x, h_prev=h_prev, c_prev=c_prev, f=f, g=g, i=i, o=o,
-                 tanh_c=tanh_c, A=A)
-    return h_next, c_next, cache
+    """One LSTM step.  Returns ``(h_next, c_next, cache)`` in float64; the cache
+    is a dict (``cache["c_prev"]``)."""
+    h_next, c_next, cache = _ref.cell_forward(*_f64(x, h_prev, c_prev, Wx, Wh, b))
+    return h_next, c_next, cache._asdict()
 
 
 def cell_backward(dh_next, dc_next, cache, Wx, Wh):
     """Backward of one step.  Returns ``(dx, dh_prev, dc_prev, dWx, dWh, db)``."""
-    dh_next, dc_next, Wx, Wh = _f64(dh_next, dc_next, Wx, Wh)
-    f, g, i, o = cache["f"], cache["g"], cache["i"], cache["o"]
-    tanh_c = cache["tanh_c"]
-    ds = dc_next + dh_next * o * (1.0 - tanh_c ** 2)
-    dc_prev = ds * f
-    df = ds * cache["c_prev"] * f * (1.0 - f)
-    dg = ds * i * (1.0 - g ** 2)
-    di = ds * g * i * (1.0 - i)
-    do = dh_next * tanh_c * o * (1.0 - o)
-    dA = np.hstack((df, dg, di, do))
-    dWx = cache["x"].T @ dA
-    dWh = cache["h_prev"].T @ dA
-    db = dA.sum(axis=0)
-    dx = dA @ Wx.T
-    dh_prev = dA @ Wh.T
-    return dx, dh_prev, dc_prev, dWx, dWh, db
+    return _ref.cell_backward(*_f64(dh_next, dc_next), _ref.Cache(**cache), *_f64(Wx, Wh))
 
 
 def time_forward(xs, Wx, Wh, b, h0=None, c0=None):
@@ -90,18 +53,7 @@ def time_forward(xs, Wx, Wh, b, h0=None, c0=None):
 
     A missing initial state is zeros.
     """
-    xs = np.array(xs, dtype=np.float64)
-    N, T, _ = xs.shape
-    H = np.shape(Wh)[0]
-    h = np.zeros((N, H)) if h0 is None else np.array(h0, dtype=np.float64)
-    c = np.zeros((N, H)) if c0 is None else np.array(c0, dtype=np.float64)
-    hs = np.empty((N, T, H))
-    caches = []
-    for t in range(T):
-        h, c, cache = cell_forward(xs[:, t, :], h, c, Wx, Wh, b)
-        hs[:, t, :] = h
-        caches.append(cache)
-    return hs, h, c, caches
+    return _ref.time_forward(*_f64(xs, Wx, Wh, b, h0, c0))
 
 
 def time_backward(dhs, caches, Wx, Wh):
@@ -109,78 +61,28 @@ def time_backward(dhs, caches, Wx, Wh):
 
     Returns ``(dxs, dWx, dWh, db, dh0, dc0)``; the grads are sums over time.
     """
-    dhs = np.array(dhs, dtype=np.float64)
-    N, T, H = dhs.shape
-    D = np.shape(Wx)[0]
-    dxs = np.empty((N, T, D))
-    dWx = np.zeros(np.shape(Wx))
-    dWh = np.zeros(np.shape(Wh))
-    db = np.zeros(4 * H)
-    dh = np.zeros((N, H))
-    dc = np.zeros((N, H))
-    for t in reversed(range(T)):
-        dx, dh, dc, gWx, gWh, gb = cell_backward(dhs[:, t, :] + dh, dc,
-                                                 caches[t], Wx, Wh)
-        dxs[:, t, :] = dx
-        dWx += gWx
-        dWh += gWh
-        db += gb
-    return dxs, dWx, dWh, db, dh, dc
+    return _ref.time_backward(*_f64(dhs), caches, *_f64(Wx, Wh))
 
 
-class RefTimeLSTM:
-    """The book's TimeLSTM state semantics on top of the reference loop."""
+class RefTimeLSTM(_ref.TimeLSTM):
+    """``lstmc.reference.TimeLSTM`` (the book's state semantics) in float64."""
 
     def __init__(self, Wx, Wh, b, stateful=False):
-        self.params = [Wx, Wh, b]
-        self.stateful = stateful
-        self.h = self.c = None
-        self.dh = None
-        self.grads = None
-        self._caches = None
+        super().__init__(*_f64(Wx, Wh, b), stateful=stateful)
 
     def forward(self, xs):
-        Wx, Wh, b = self.params
-        h0 = self.h if self.stateful else None
-        c0 = self.c if self.stateful else None
-        hs, self.h, self.c, self._caches = time_forward(xs, Wx, Wh, b, h0, c0)
-        return hs
+        return super().forward(*_f64(xs))
 
     def backward(self, dhs):
-        Wx, Wh, _ = self.params
-        dxs, dWx, dWh, db, self.dh, _ = time_backward(dhs, self._caches, Wx, Wh)
-        self.grads = [dWx, dWh, db]
-        return dxs
+        return super().backward(*_f64(dhs))
 
     def set_state(self, h, c=None):
-        self.h, self.c = h, c
-
-    def reset_state(self):
-        self.h = self.c = None
+        super().set_state(*_f64(h, c))
 
 
 # --------------------------------------------------------------------------
 # Gradient checking
 # --------------------------------------------------------------------------
-
-def numerical_gradient(loss, arr, eps=1e-6):
-    """Central differences of the scalar ``loss()`` with respect to ``arr``.
-
-    ``arr`` (float64, writable) is perturbed in place, one entry at a time,
-    and restored exactly afterwards.
-    """
-    assert arr.dtype == np.float64 and arr.flags.writeable
-    grad = np.zeros(arr.shape)
-    for idx in np.ndindex(*arr.shape):
-        old = arr[idx]
-        arr[idx] = old + eps
-        plus = float(loss())
-        arr[idx] = old - eps
-        minus = float(loss())
-        arr[idx] = old
-        grad[idx] = (plus - minus) / (2.0 * eps)
-    return grad
-
 
 def assert_grad_close(analytic, numeric, name):
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7,

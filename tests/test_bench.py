@@ -65,7 +65,7 @@ def test_bench_without_torch_and_onnxruntime_installed():
     code = ("import sys\n"
             "for name in ('torch', 'onnx', 'onnxruntime'):\n"
             "    sys.modules[name] = None\n"
-            "from lstmc._bench import main\n"
+            "from lstmc.bench import main\n"
             "sys.exit(main(%r))\n" % ([*TINY, "--section", "seq"],))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           encoding="utf-8", env=_env(), timeout=300)
@@ -83,10 +83,10 @@ def test_bench_usage_error_is_one_line():
 
 
 def test_ratios_are_taken_within_rounds_and_neighbours_run_back_to_back():
-    from lstmc import _bench
+    from lstmc.bench import contenders, timing
 
     def contender(key, samples, rounds):
-        c = _bench.Contender(key, None)
+        c = timing.Contender(key, None)
         c.samples, c.rounds = list(samples), list(rounds)
         return c
 
@@ -94,34 +94,34 @@ def test_ratios_are_taken_within_rounds_and_neighbours_run_back_to_back():
     # is 2, while the ratio of the two medians is not.
     a = contender("fwd", [2, 2, 8, 8, 2], range(5))
     b = contender("floor fwd", [1, 1, 4, 4, 4], range(5))
-    assert _bench.paired_ratio(a, b) == 2.0
-    assert _bench.ratio(_bench.median(a), _bench.median(b)) == 0.5
+    assert timing.paired_ratio(a, b) == 2.0
+    assert timing.ratio(timing.median(a), timing.median(b)) == 0.5
     # Only the rounds both ran count; with none in common, the medians' ratio.
     c = contender("inf", [3, 30], [0, 4])
-    assert _bench.paired_ratio(c, b) == (3 / 1 + 30 / 4) / 2
-    assert _bench.paired_ratio(contender("x", [6], [9]), b) == 6 / 4
-    assert _bench.paired_ratio(contender("x", [], []), b) is None
+    assert timing.paired_ratio(c, b) == (3 / 1 + 30 / 4) / 2
+    assert timing.paired_ratio(contender("x", [6], [9]), b) == 6 / 4
+    assert timing.paired_ratio(contender("x", [], []), b) is None
 
     keys = ["numpy fwd", "bwd", "ort inf", "floor bwd", "f+b", "floor fwd", "inf", "fwd"]
-    order = [c.key for c in _bench._in_run_order([contender(k, [], []) for k in keys])]
+    order = [c.key for c in contenders.in_run_order([contender(k, [], []) for k in keys])]
     assert order == ["fwd", "floor fwd", "inf", "ort inf", "numpy fwd", "f+b", "bwd",
                      "floor bwd"]
 
 
 def test_rounds_alternate_who_goes_first():
-    from lstmc import _bench
+    from lstmc.bench import timing
     seen = []
 
     def timed(key):
         def batch(reps):
             seen.append(key)
             return 1e-6
-        return _bench.Contender(key, batch)
+        return timing.Contender(key, batch)
 
     for n in (2, 3, 5):
         cs = [timed(str(j)) for j in range(n)]
         del seen[:]
-        assert _bench.run_rounds(cs, 2 * n, 1e-4) == 2 * n
+        assert timing.run_rounds(cs, 2 * n, 1e-4) == 2 * n
         runs = seen[-2 * n * n:]                      # after the calibration calls
         rounds = [runs[r * n:(r + 1) * n] for r in range(2 * n)]
         assert all(sorted(r) == sorted(c.key for c in cs) for r in rounds)

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import lstmc
-from lstmc import _train
+from lstmc.charlm import config as _train
 from optional import require
 
 PKG_PARENT = str(pathlib.Path(lstmc.__file__).resolve().parent.parent)
