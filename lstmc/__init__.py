@@ -5,32 +5,19 @@ and the sequence layer TimeLSTM), with the numeric work in a Cython extension:
 SciPy's BLAS for the matrix products, vectorized C loops for the gates, the GIL
 released.
 """
-import os as _os
-import sys as _sys
-from importlib.machinery import EXTENSION_SUFFIXES as _SUFFIXES
+try:
+    from . import _cell, _work  # noqa: F401  (the compiled core)
+except ImportError as _exc:
+    import os as _os
 
-
-def _find_installed_build():
-    """Run from a source checkout that has no compiled extension (say `python -m
-    lstmc` in the repository after `pip install .`, where Python puts the
-    checkout first on sys.path), lstmc loads its modules from the installed
-    build instead. Returns that package folder, or None."""
-    def built(folder):
-        return any(_os.path.exists(_os.path.join(folder, "_cell" + s)) for s in _SUFFIXES)
-
-    here = _os.path.dirname(_os.path.abspath(__file__))
-    if built(here):
-        return None
-    for entry in _sys.path:
-        candidate = _os.path.join(entry or _os.getcwd(), "lstmc")
-        if _os.path.realpath(candidate) != _os.path.realpath(here) and built(candidate):
-            return candidate
-    return None
-
-
-_installed = _find_installed_build()
-if _installed is not None:
-    __path__[:] = [_installed]
+    # The usual cause: Python found the source checkout (the current directory
+    # comes first on sys.path) rather than the installed build.
+    raise ImportError(
+        "lstmc's compiled extensions are not importable from %s: this looks like a "
+        "source checkout that was not built. Install it (`pip install .`) and run "
+        "`lstmc`, Python or pytest from outside the source folder, or build in place "
+        "(`python setup.py build_ext --inplace`). Cause: %s"
+        % (_os.path.dirname(_os.path.abspath(__file__)), _exc)) from _exc
 
 from ._layers import LSTM, TimeLSTM  # noqa: E402
 from ._io import load, save  # noqa: E402

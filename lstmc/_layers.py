@@ -2,8 +2,9 @@
 
 They keep the API of the classic NumPy LSTM (Deep Learning from Scratch 2):
 `params`, `grads`, `forward`, `backward`. Each public call makes one call into
-the compiled core (lstmc._cell), which checks the arguments, runs the numeric
-work with the GIL released, and raises the errors defined in lstmc._validate.
+the layer's work object (lstmc._work, of the layer's dtype), which checks the
+arguments, runs the kernels (lstmc._cell) with the GIL released, and raises
+the errors worded in lstmc._validate.
 
 The math (gate order f, g, i, o along the 4H axis):
 
@@ -13,21 +14,9 @@ The math (gate order f, g, i, o along the 4H axis):
     c_next = f * c_prev + g * i
     h_next = o * tanh(c_next)
 """
-import os
-
 import numpy as np
 
-from . import _validate
-
-try:
-    from . import _cell
-except ImportError as exc:  # a source checkout on sys.path, not an installed build
-    raise ImportError(
-        "lstmc's compiled extension (lstmc._cell) cannot be imported from "
-        f"{os.path.dirname(__file__)}: is this the source tree rather than an "
-        "installed build? Run `pip install .` and then `pytest` (not `python -m "
-        "pytest`, which puts the source tree first on sys.path)."
-    ) from exc
+from . import _validate, _work
 
 __all__ = ["LSTM", "TimeLSTM"]
 
@@ -35,12 +24,12 @@ __all__ = ["LSTM", "TimeLSTM"]
 class _Layer:
     """What both layers share: weights, gradients, dtype, pickling."""
 
-    _work_class = None
+    _work_classes = None            # {dtype: the work class of that dtype}
 
     def __init__(self, Wx, Wh, b):
         self.params, self.dtype, D, H = _validate.weights(Wx, Wh, b)
         self.grads = [np.zeros_like(p) for p in self.params]
-        self._work = self._work_class(self.dtype, D, H)
+        self._work = self._work_classes[self.dtype](D, H)
 
     @property
     def input_size(self):
@@ -62,7 +51,7 @@ class _Layer:
     def __setstate__(self, state):
         self.__dict__.update(state)
         Wx, Wh, b = self.params
-        self._work = self._work_class(self.dtype, Wx.shape[0], Wh.shape[0])
+        self._work = self._work_classes[self.dtype](Wx.shape[0], Wh.shape[0])
         self._reset_cache()
 
     def __repr__(self):
@@ -78,7 +67,7 @@ class LSTM(_Layer):
     when they are C-contiguous), `grads` is [dWx, dWh, db].
     """
 
-    _work_class = _cell.CellWork
+    _work_classes = _work.CELL_WORK
 
     def __init__(self, Wx, Wh, b):
         super().__init__(Wx, Wh, b)
@@ -95,11 +84,11 @@ class LSTM(_Layer):
         for backward (inference). The layer's scratch buffers are reused while N
         stays the same, so `train=False, out=...` allocates nothing.
         """
-        return _cell.cell_forward(self, x, h_prev, c_prev, out, train)
+        return self._work.forward(self, x, h_prev, c_prev, out, train)
 
     def backward(self, dh_next, dc_next):
         """(dx, dh_prev, dc_prev) for the last forward; writes `grads` in place."""
-        return _cell.cell_backward(self, dh_next, dc_next)
+        return self._work.backward(self, dh_next, dc_next)
 
 
 class TimeLSTM(_Layer):
@@ -112,7 +101,7 @@ class TimeLSTM(_Layer):
     gradient with respect to the initial h.
     """
 
-    _work_class = _cell.TimeWork
+    _work_classes = _work.TIME_WORK
 
     def __init__(self, Wx, Wh, b, stateful=False):
         super().__init__(Wx, Wh, b)
@@ -140,22 +129,7 @@ class TimeLSTM(_Layer):
         """hs (N, T, H) for xs (N, T, D). train=False keeps nothing for backward:
         beyond hs, its working memory is bounded whatever T is (the gates of
         32 MB worth of steps at a time, or of 8 steps if that is more)."""
-        D, H = self.input_size, self.hidden_size
-        xs = _validate.sequence(xs, "xs", self.dtype, None, D)
-        N = xs.shape[0]
-        h0 = c0 = None
-        if self.stateful:
-            for name in ("h", "c"):
-                held = getattr(self, name)
-                if held is not None and np.shape(held)[:1] != (N,):
-                    raise ValueError(
-                        f"the held state {name} has shape {np.shape(held)}; xs has batch size "
-                        f"{N}, so expected {(N, H)} (call reset_state() to start over)")
-            if self.h is not None:
-                h0 = _validate.state(self.h, "h", self.dtype, H, N)
-            if self.c is not None:
-                c0 = _validate.state(self.c, "c", self.dtype, H, N)
-        hs, self.h, self.c = self._work.forward(self, xs, h0, c0, train)
+        hs, self.h, self.c = self._work.forward(self, xs, train)
         return hs
 
     def backward(self, dhs):

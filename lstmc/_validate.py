@@ -1,9 +1,9 @@
 """Argument checks and conversions, with the messages users read.
 
-The compiled entry points check their arguments themselves on the fast path
-(right dtype, shape and a layout BLAS can read in place). Whatever fails that
-check comes here: array-likes go through numpy.asarray, layouts BLAS cannot
-read are copied once, and anything else raises an exception that names the
+The work objects (lstmc._work) check their arguments themselves on the fast
+path (right dtype, shape and a layout BLAS can read in place; that layout rule
+is stated there only). Whatever fails that check comes here: array-likes go
+through numpy.asarray, and anything else raises an exception that names the
 argument, what it got and what was expected. Nothing here writes to a layer.
 """
 import numpy as np
@@ -42,30 +42,6 @@ def as_array(a, name, dtype, shape):
         raise TypeError(f"{name} has dtype {a.dtype}; expected {dtype}")
     if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
         raise ValueError(f"{name} has shape {a.shape}; expected {_shape_str(shape)}")
-    return a
-
-
-def rows_usable(a):
-    """True when BLAS can read the rows of a in place: aligned, contiguous last
-    axis, and (for 2-D) a positive row stride that is a whole number of items."""
-    if a.size == 0:
-        return True
-    if not a.flags.aligned:
-        return False
-    item = a.itemsize
-    if a.ndim >= 1 and a.shape[-1] > 1 and a.strides[-1] != item:
-        return False
-    for n, s in zip(a.shape[:-1], a.strides[:-1]):
-        if n > 1 and (s <= 0 or s % item):
-            return False
-    return True
-
-
-def matrix(a, name, typenum, rows, cols):
-    """A 2-D argument of shape (rows, cols) (rows < 0: any) that BLAS can read."""
-    a = as_array(a, name, typenum, (None if rows < 0 else rows, cols))
-    if not rows_usable(a) or (a.shape[0] > 1 and a.strides[0] < cols * a.itemsize):
-        a = contiguous(a)
     return a
 
 
@@ -146,8 +122,9 @@ def layer_grads(layer):
     raise AssertionError("lstmc: grads passed the slow check but not the fast one")
 
 
-def out_pair(out, typenum, N, H):
-    """Raise the error that explains why `out` is not a usable (h_out, c_out)."""
+def out_pair(out, typenum, N, H, unreadable):
+    """Raise the error that explains why `out` is not a usable (h_out, c_out);
+    `unreadable` is the index of the first whose layout BLAS cannot write."""
     dtype = _dtype_of(typenum)
     if not isinstance(out, tuple) or len(out) != 2:
         raise TypeError(f"out must be a tuple (h_out, c_out) of two arrays; got {type(out).__name__}"
@@ -162,27 +139,27 @@ def out_pair(out, typenum, N, H):
             raise ValueError(f"{label} has shape {a.shape}; expected {(N, H)}")
         if not a.flags.writeable:
             raise ValueError(f"{label} is read-only")
-        if not rows_usable(a) or (N > 1 and a.strides[0] < H * a.itemsize):
-            raise ValueError(f"{label} must have a contiguous last axis and positive row "
-                             f"stride (strides {a.strides}); pass a C-contiguous array")
-    raise AssertionError("lstmc: out passed the slow check but not the fast one")
-
-
-def sequence(xs, name, dtype, N, D, T=None):
-    """A 3-D (N, T, D) argument whose rows BLAS can read in place: a contiguous
-    last axis, and leading dimensions of at least D between the rows it steps
-    over (time steps; sequences when T == 1). Sequences may be spaced any way."""
-    xs = as_array(xs, name, dtype, (N, T, D))
-    n, t = xs.shape[:2]
-    ok = rows_usable(xs)
-    if ok and t > 1:
-        ok = xs.strides[1] >= D * xs.itemsize
-    if ok and t == 1 and n > 1:
-        ok = xs.strides[0] >= D * xs.itemsize
-    return xs if ok else contiguous(xs)
+    # Right type, dtype, shape and writable: what is left is the layout.
+    raise ValueError(f"out[{unreadable}] must have a contiguous last axis and positive row "
+                     f"stride (strides {out[unreadable].strides}); pass a C-contiguous array")
 
 
 def state(a, name, dtype, H, N=None):
     """A held state (N, H): C-contiguous, of the layer's dtype."""
     a = as_array(a, name, dtype, (N, H))
     return contiguous(a)
+
+
+def held_state(layer, N):
+    """(h0, c0) from a stateful layer's held state, for a batch of N: each C-contiguous
+    of the layer's dtype, or None for zeros."""
+    H = layer.hidden_size
+    for name in ("h", "c"):
+        held = getattr(layer, name)
+        if held is not None and np.shape(held)[:1] != (N,):
+            raise ValueError(
+                f"the held state {name} has shape {np.shape(held)}; xs has batch size "
+                f"{N}, so expected {(N, H)} (call reset_state() to start over)")
+    h0 = None if layer.h is None else state(layer.h, "h", layer.dtype, H, N)
+    c0 = None if layer.c is None else state(layer.c, "c", layer.dtype, H, N)
+    return h0, c0

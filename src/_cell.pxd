@@ -1,11 +1,13 @@
 # cython: language_level=3
-"""lstmc's C-level API: the LSTM step kernels, for other Cython code.
+"""lstmc's C-level API: the LSTM kernels, for other Cython code.
 
     from lstmc._cell cimport lstm_step_forward, lstm_step_backward
 
 Every kernel is `noexcept nogil`, works on float or double (a fused type; Cython
 picks the version from the pointer types), and returns 0, or -1 when a size or
-leading dimension does not fit BLAS's 32-bit int (nothing is written then).
+leading dimension does not fit BLAS's integer type (nothing is written then):
+the rule is `lstm_step_fits` / `lstm_sequence_fits`, which a caller may also
+check before allocating anything.
 
 Layout contract (the same for every argument):
   - A matrix (R, C) is row-major with contiguous columns and a leading
@@ -22,6 +24,14 @@ Layout contract (the same for every argument):
   - NULL is allowed where a comment says so.
 """
 from cython cimport floating
+
+
+# True when a kernel accepts these sizes; largest_ld is the largest leading
+# dimension (or stride, in elements) among its arguments.
+cdef bint lstm_step_fits(Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
+                         Py_ssize_t largest_ld) noexcept nogil
+cdef bint lstm_sequence_fits(Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,
+                             Py_ssize_t largest_stride) noexcept nogil
 
 
 cdef int lstm_step_forward(
@@ -81,3 +91,52 @@ cdef void lstm_gates_backward(
 ) noexcept nogil
 # dA and dc_prev must not overlap each other or any input, except that dc_prev
 # may be dc itself.
+
+
+# A whole sequence. xs is (N, T, D) with a contiguous last axis: row (n, t) at
+# xs + n * xs_seq_stride + t * xs_step_stride (strides in elements, each at
+# least D where it steps over rows; sequences may overlap). Everything else is
+# C-contiguous.
+cdef int lstm_sequence_forward(
+    Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,
+    const floating *xs, Py_ssize_t xs_seq_stride, Py_ssize_t xs_step_stride,  # IN
+    const floating *Wx, const floating *Wh, const floating *b,
+    const floating *h0, const floating *c0,    # IN  (N, H), or NULL for zeros
+    floating *hs,                              # OUT (N, T, H)
+    floating *h_last, floating *c_last,        # OUT (N, H): the state after step T - 1
+    # OUT what lstm_sequence_backward reads:
+    floating *gates,                           # (N, T, 4H) f, g, i, o of every step
+    floating *cells,                           # (N, T, H)  c of every step
+    floating *tanh_cells,                      # (N, T, H)  tanh(c) of every step
+    floating *h_prevs,                         # (N, T, H)  h before every step: h0, hs[:, :-1]
+) noexcept nogil
+
+# The same outputs without what backward needs, in memory bounded whatever T is:
+# the inputs are projected chunk_steps steps at a time.
+cdef int lstm_sequence_infer(
+    Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,
+    const floating *xs, Py_ssize_t xs_seq_stride, Py_ssize_t xs_step_stride,  # IN
+    const floating *Wx, const floating *Wh, const floating *b,
+    const floating *h0, const floating *c0,    # IN  (N, H), or NULL for zeros
+    floating *hs,                              # OUT (N, T, H)
+    floating *h_last, floating *c_last,        # OUT (N, H)
+    floating *chunk_gates,                     # scratch (chunk_steps * N, 4H)
+    floating *chunk_inputs,                    # scratch (chunk_steps * N, D); NULL if N == 1
+    Py_ssize_t chunk_steps,                    # >= 1
+) noexcept nogil
+
+cdef int lstm_sequence_backward(
+    Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,
+    const floating *dhs, Py_ssize_t dhs_seq_stride, Py_ssize_t dhs_step_stride,  # IN (N, T, H)
+    const floating *xs, Py_ssize_t xs_seq_stride, Py_ssize_t xs_step_stride,     # IN the forward's
+    const floating *Wx, const floating *Wh,
+    const floating *c0,                        # IN  (N, H) the forward's, or NULL for zeros
+    const floating *gates, const floating *cells,
+    const floating *tanh_cells, const floating *h_prevs,  # IN  from lstm_sequence_forward
+    floating *dA,                              # scratch (N, T, 4H)
+    floating *dc_carry,                        # scratch (N, H)
+    floating *dxs,                             # OUT (N, T, D)
+    floating *dh0,                             # OUT (N, H) gradient of h0
+    floating *dWx, floating *dWh, floating *db,  # OUT overwritten: sums over all steps
+) noexcept nogil
+# No OUT or scratch array may overlap another array of the same call.

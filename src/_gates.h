@@ -2,9 +2,9 @@
  * lstmc gate loops: the element-wise half of an LSTM step, in C.
  *
  * Why C and not Cython: these loops are where the small sizes spend their time
- * (libm expf/tanhf cost ~10 ns a call; a loop that gcc vectorizes costs a
- * fraction of that), and they must be built for the widest SIMD the running
- * CPU has, picked at load time (target_clones), not the x86-64 baseline.
+ * (a libm expf/tanhf call per element costs many times a vectorized loop's
+ * share), and they must be built for the widest SIMD the running CPU has,
+ * picked at load time (target_clones), not the x86-64 baseline.
  * The matrix products live in _cell.pyx (BLAS); this file has no BLAS.
  *
  * Layout: every matrix is row-major with an explicit leading dimension
@@ -216,9 +216,9 @@ LSTMC_GATES_FORWARD(lstmc_gates_forward_d, double, lstmc_sigmoid, lstmc_tanh)
  * parameters, also once inlined, but not reliably on local pointers): the loops
  * then vectorize without run-time overlap checks. dc may be dc_prev, so those
  * two are not restrict, and no loop reads one and writes the other: dc is read
- * in pass 2 only, dc_prev written in pass 3 only (a loop reading and writing
- * them in place failed gcc's check at run time and ran scalar: a third of the
- * streaming backward). ds travels from pass 2 to pass 3 in df. */
+ * in pass 2 only, dc_prev written in pass 3 only (a loop that reads and writes
+ * them in place fails gcc's run-time overlap check and runs scalar). ds travels
+ * from pass 2 to pass 3 in df. */
 #define LSTMC_GATES_BACKWARD_ROW(NAME, T)                                             \
 LSTMC_INLINE void NAME(                                                               \
     ptrdiff_t H, const T *restrict dh, const T *restrict dh2, const T *dc,            \
@@ -299,8 +299,8 @@ LSTMC_CLONES static void NAME(ptrdiff_t N, ptrdiff_t M, const T *X, ptrdiff_t ld
 LSTMC_COLSUM(lstmc_colsum_f, float)
 LSTMC_COLSUM(lstmc_colsum_d, double)
 
-/* OUT A (M, N) = outer(x, y), A C-contiguous. One pass that only writes: twice
- * as fast here as zeroing A and calling BLAS ger (which reads A back). */
+/* OUT A (M, N) = outer(x, y), A C-contiguous. One pass that only writes:
+ * cheaper than zeroing A and calling BLAS ger (which reads A back). */
 #define LSTMC_OUTER(NAME, T)                                                          \
 LSTMC_CLONES static void NAME(ptrdiff_t M, ptrdiff_t N, const T *x,                   \
                               const T *restrict y, T *restrict A)                     \
