@@ -123,7 +123,8 @@ def extension(module, pyx, depends):
 
 write_blas_int()
 render_work()
-DEPENDS = ["src/_gates.h", "src/_blas.pxd", "src/_cell.pxd", "src/_work.pyx.in"]
+DEPENDS = ["src/_gates.h", "src/_gates.pxd", "src/_blas.pxd", "src/_cell.pxd",
+           "src/_work.pyx.in"]
 extensions = [
     extension("lstmc._cell", "src/_cell.pyx", DEPENDS),
     extension("lstmc._work", os.path.relpath(source("_work.pyx"), HERE), DEPENDS),

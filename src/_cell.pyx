@@ -25,33 +25,7 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _blas cimport blas_fits, gemm, gemv_t, gemv_n
-
-cdef extern from "_gates.h" nogil:
-    void lstmc_gates_forward_f(Py_ssize_t N, Py_ssize_t H, float *A, Py_ssize_t lda,
-                               const float *b, const float *c_prev, Py_ssize_t ldcp,
-                               float *c_next, Py_ssize_t ldcn, float *h_next,
-                               Py_ssize_t ldhn, float *tanh_c, Py_ssize_t ldtc)
-    void lstmc_gates_forward_d(Py_ssize_t N, Py_ssize_t H, double *A, Py_ssize_t lda,
-                               const double *b, const double *c_prev, Py_ssize_t ldcp,
-                               double *c_next, Py_ssize_t ldcn, double *h_next,
-                               Py_ssize_t ldhn, double *tanh_c, Py_ssize_t ldtc)
-    void lstmc_gates_backward_f(Py_ssize_t N, Py_ssize_t H, const float *dh, Py_ssize_t lddh,
-                                const float *dh2, Py_ssize_t lddh2, const float *dc,
-                                Py_ssize_t lddc, const float *G, Py_ssize_t ldg,
-                                const float *c_prev, Py_ssize_t ldcp, const float *tanh_c,
-                                Py_ssize_t ldtc, float *dA, Py_ssize_t ldda,
-                                float *dc_prev, Py_ssize_t lddcp)
-    void lstmc_gates_backward_d(Py_ssize_t N, Py_ssize_t H, const double *dh, Py_ssize_t lddh,
-                                const double *dh2, Py_ssize_t lddh2, const double *dc,
-                                Py_ssize_t lddc, const double *G, Py_ssize_t ldg,
-                                const double *c_prev, Py_ssize_t ldcp, const double *tanh_c,
-                                Py_ssize_t ldtc, double *dA, Py_ssize_t ldda,
-                                double *dc_prev, Py_ssize_t lddcp)
-    void lstmc_colsum_f(Py_ssize_t N, Py_ssize_t M, const float *X, Py_ssize_t ldx, float *out)
-    void lstmc_colsum_d(Py_ssize_t N, Py_ssize_t M, const double *X, Py_ssize_t ldx, double *out)
-    void lstmc_outer_f(Py_ssize_t M, Py_ssize_t N, const float *x, const float *y, float *A)
-    void lstmc_outer_d(Py_ssize_t M, Py_ssize_t N, const double *x, const double *y, double *A)
-
+from _gates cimport gates_forward, gates_backward, column_sums, outer
 
 # ------------------------------------------------------------ size rules
 
@@ -76,12 +50,7 @@ cdef void lstm_gates_forward(
     const floating *c_prev, Py_ssize_t ldcp, floating *c_next, Py_ssize_t ldcn,
     floating *h_next, Py_ssize_t ldhn, floating *tanh_c, Py_ssize_t ldtc,
 ) noexcept nogil:
-    if floating is float:
-        lstmc_gates_forward_f(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
-                              h_next, ldhn, tanh_c, ldtc)
-    else:
-        lstmc_gates_forward_d(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
-                              h_next, ldhn, tanh_c, ldtc)
+    gates_forward(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn, h_next, ldhn, tanh_c, ldtc)
 
 
 cdef void lstm_gates_backward(
@@ -91,28 +60,8 @@ cdef void lstm_gates_backward(
     const floating *tanh_c, Py_ssize_t ldtc, floating *dA, Py_ssize_t ldda,
     floating *dc_prev, Py_ssize_t lddcp,
 ) noexcept nogil:
-    if floating is float:
-        lstmc_gates_backward_f(N, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
-                               c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
-    else:
-        lstmc_gates_backward_d(N, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
-                               c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
-
-
-cdef inline void _column_sums(Py_ssize_t N, Py_ssize_t M, const floating *X, Py_ssize_t ldx,
-                              floating *out) noexcept nogil:
-    if floating is float:
-        lstmc_colsum_f(N, M, X, ldx, out)
-    else:
-        lstmc_colsum_d(N, M, X, ldx, out)
-
-
-cdef inline void _outer(Py_ssize_t M, Py_ssize_t N, const floating *x, const floating *y,
-                        floating *A) noexcept nogil:
-    if floating is float:
-        lstmc_outer_f(M, N, x, y, A)
-    else:
-        lstmc_outer_d(M, N, x, y, A)
+    gates_backward(N, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg, c_prev, ldcp,
+                   tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
 
 
 cdef inline void _affine(Py_ssize_t N, Py_ssize_t K, Py_ssize_t G4,
@@ -156,8 +105,8 @@ cdef int lstm_step_forward(
         _affine(N, D, G4, x, ldx, Wx, 0, gates, ldg)          # gates = x @ Wx
     if h_prev != NULL:
         _affine(N, H, G4, h_prev, ldhp, Wh, 1, gates, ldg)    # gates += h_prev @ Wh
-    lstm_gates_forward(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
-                       h_next, ldhn, tanh_c, ldtc)
+    gates_forward(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
+                  h_next, ldhn, tanh_c, ldtc)
     return 0
 
 
@@ -185,14 +134,14 @@ cdef int lstm_step_backward(
         memset(dWh, 0, H * G4 * sizeof(floating))
         memset(db, 0, G4 * sizeof(floating))
         return 0
-    lstm_gates_backward(N, H, dh_next, lddh, <floating *> NULL, 0, dc_next, lddc,
-                        gates, ldg, c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
+    gates_backward(N, H, dh_next, lddh, <floating *> NULL, 0, dc_next, lddc,
+                   gates, ldg, c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
     if N == 1:
         # One row: the weight gradients are outer products (a write-only loop,
         # cheaper than zeroing and BLAS ger, which reads them back), the rest gemv.
-        _outer(D, G4, x, dA, dWx)                             # dWx = outer(x, dA)
+        outer(D, G4, x, dA, dWx)                             # dWx = outer(x, dA)
         if h_prev != NULL:
-            _outer(H, G4, h_prev, dA, dWh)                    # dWh = outer(h_prev, dA)
+            outer(H, G4, h_prev, dA, dWh)                    # dWh = outer(h_prev, dA)
         else:
             memset(dWh, 0, H * G4 * sizeof(floating))
         memcpy(db, dA, G4 * sizeof(floating))                 # db = dA[0]
@@ -204,7 +153,7 @@ cdef int lstm_step_backward(
         gemm(c't', c'n', H, G4, N, 1, h_prev, ldhp, dA, ldda, 0, dWh, G4)  # dWh = h_prev.T @ dA
     else:
         memset(dWh, 0, H * G4 * sizeof(floating))
-    _column_sums(N, G4, dA, ldda, db)                                      # db = dA.sum(0)
+    column_sums(N, G4, dA, ldda, db)                                      # db = dA.sum(0)
     gemm(c'n', c't', N, D, G4, 1, dA, ldda, Wx, G4, 0, dx, lddx)           # dx = dA @ Wx.T
     gemm(c'n', c't', N, H, G4, 1, dA, ldda, Wh, G4, 0, dh_prev, lddhp)     # dh_prev = dA @ Wh.T
     return 0
@@ -357,7 +306,7 @@ cdef int lstm_sequence_backward(
     # dh0 carries dh from step t to step t - 1 (it ends as the gradient of h0),
     # dc_carry likewise for dc.
     for t in range(T - 1, -1, -1):
-        lstm_gates_backward(N, H, dhs + t * dhs_step_stride, dhs_seq_stride,
+        gates_backward(N, H, dhs + t * dhs_step_stride, dhs_seq_stride,
                             dh0 if t < T - 1 else NULL, H,
                             dc_carry if t < T - 1 else NULL, H,
                             gates + t * G4, TG,
@@ -375,6 +324,6 @@ cdef int lstm_sequence_backward(
             gemm(c't', c'n', D, G4, T, 1, xs + n * xs_seq_stride, xs_step_stride,
                  dA + n * TG, G4, 0 if n == 0 else 1, dWx, G4)
     gemm(c't', c'n', H, G4, M, 1, h_prevs, H, dA, G4, 0, dWh, G4)         # dWh = h_prevs.T @ dA
-    _column_sums(M, G4, dA, G4, db)                                       # db = dA.sum(0)
+    column_sums(M, G4, dA, G4, db)                                       # db = dA.sum(0)
     gemm(c'n', c't', M, D, G4, 1, dA, G4, Wx, G4, 0, dxs, D)              # dxs = dA @ Wx.T
     return 0

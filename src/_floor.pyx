@@ -11,10 +11,7 @@ its float or double version from the buffers; everything below it is fused too.
 from cython cimport floating
 
 from _blas cimport gemm, gemv_t, gemv_n
-
-cdef extern from "_gates.h" nogil:
-    void lstmc_outer_f(Py_ssize_t M, Py_ssize_t N, const float *x, const float *y, float *A)
-    void lstmc_outer_d(Py_ssize_t M, Py_ssize_t N, const double *x, const double *y, double *A)
+from _gates cimport outer
 
 import time
 
@@ -29,15 +26,6 @@ cdef enum Kind:
 
 _KINDS = {"cell_forward": CELL_FORWARD, "cell_backward": CELL_BACKWARD,
           "seq_forward": SEQ_FORWARD, "seq_backward": SEQ_BACKWARD}
-
-
-cdef inline void _outer(Py_ssize_t M, Py_ssize_t N, const floating *x, const floating *y,
-                        floating *A) noexcept nogil:
-    """A := outer(x, y), A (M, N)."""
-    if floating is float:
-        lstmc_outer_f(M, N, x, y, A)
-    else:
-        lstmc_outer_d(M, N, x, y, A)
 
 
 cdef void _cell_forward(const floating *Wx, const floating *Wh, const floating *x,
@@ -57,8 +45,8 @@ cdef void _cell_backward(const floating *Wx, const floating *Wh, const floating 
                          int N, int D, int H) noexcept nogil:
     cdef int G4 = 4 * H
     if N == 1:
-        _outer(D, G4, x, dA, dWx)                                  # dWx = outer(x, dA)
-        _outer(H, G4, h, dA, dWh)                                  # dWh = outer(h, dA)
+        outer(D, G4, x, dA, dWx)                                  # dWx = outer(x, dA)
+        outer(H, G4, h, dA, dWh)                                  # dWh = outer(h, dA)
         gemv_n(D, G4, 1, Wx, G4, dA, 0, dx)                        # dx = dA @ Wx.T
         gemv_n(H, G4, 1, Wh, G4, dA, 0, dh)                        # dh = dA @ Wh.T
     else:
