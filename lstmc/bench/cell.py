@@ -54,7 +54,7 @@ SECTION = Comparison(
         (64, 512, 512): (("torch inf/fwd", ">=", 2.5), ("torch f+b/f+b", ">=", 2.5),
                          ("fwd/floor", "<=", 1.15), ("bwd/floor", "<=", 1.15)),
     },
-    targets_title="issue 3 targets",
+    targets_title="Cell targets",
     seed=1,
     contenders=_contenders,
 )

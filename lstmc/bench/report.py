@@ -142,7 +142,7 @@ def reproduce_command(argv, environ=None):
     lines = ["How to reproduce: " + cmd]
     if any(k in environ for k in ENV_VARS):
         unset = " ".join("-u %s" % k for k in ENV_VARS if k in environ)
-        lines.append("  (the issues' targets assume the OpenBLAS variables unset: "
+        lines.append("  (the targets assume the OpenBLAS variables unset: "
                      "prefix the command with `env %s`)" % unset)
     return "\n".join(lines)
 

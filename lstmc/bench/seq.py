@@ -59,7 +59,7 @@ SECTION = Comparison(
             ("ort/inf", ">=", 0.8), ("torch inf/inf", ">=", 1.3),
             ("torch f+b/f+b", ">=", 1.1)),
     },
-    targets_title="issue 4 targets",
+    targets_title="Sequence targets",
     seed=2,
     contenders=_contenders,
 )
