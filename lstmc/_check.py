@@ -26,7 +26,7 @@ import traceback
 import numpy as np
 
 from lstmc import _blas_threads, reference
-from lstmc._cli import Parser
+from lstmc._cli import Parser, nonnegative_int
 
 __all__ = ["main"]
 
@@ -267,7 +267,8 @@ def main(argv=None, out=None):
     parser = Parser(prog="python -m lstmc check",
                      description="Self-test of the installed lstmc build: parity with a "
                      "NumPy implementation and a gradient check; exit 0 when all pass.")
-    parser.add_argument("--seed", type=int, default=1234, help="seed of the test data")
+    parser.add_argument("--seed", type=nonnegative_int, default=1234,
+                        help="seed of the test data, an int >= 0 (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print a traceback for a check that raises")
     args = parser.parse_args([] if argv is None else argv)

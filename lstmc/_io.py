@@ -21,11 +21,15 @@ loaded layer keeps.  Gradients, caches and a TimeLSTM's held state ``h``,
 ``c`` are not saved: a loaded layer starts like a new one.
 """
 
+import errno
+import math
 import os
+import secrets
 import zipfile
 import zlib
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from lstmc import _validate
 
@@ -49,9 +53,48 @@ def _describe(file):
     return repr(name) if isinstance(name, str) else "the file object"
 
 
+def _capacity(info):
+    """The most bytes zip member ``info`` can really give when read: what its
+    header says, bounded by what its compressed data can hold (deflate
+    expands at most about 1032:1; other methods are not bounded here)."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        return min(info.file_size, info.compress_size)
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        return min(info.file_size, 1032 * info.compress_size + 1024)
+    return info.file_size
+
+
+def _check_size(npz, key):
+    """``ValueError`` when the ``.npy`` header of member ``key`` claims more
+    data than the member holds, read before NumPy allocates the array (a small
+    damaged file must not ask for terabytes).  Members that are not ``.npy``
+    are left to ``np.load`` to report."""
+    names = npz.zip.namelist()
+    name = key + ".npy" if key + ".npy" in names else key
+    info = npz.zip.getinfo(name)
+    with npz.zip.open(info) as member:
+        try:
+            version = npy_format.read_magic(member)
+        except ValueError:
+            return  # not .npy: np.load returns bytes, _member refuses them
+        read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
+                       else npy_format.read_array_header_2_0)
+        shape, _, dtype = read_header(member)
+        offset = member.tell()
+    if dtype.hasobject:
+        return  # refused by allow_pickle=False
+    nbytes = math.prod(shape) * dtype.itemsize
+    available = max(0, _capacity(info) - offset)
+    if nbytes > available:
+        raise ValueError(
+            f"its header claims shape {shape} of {dtype} ({nbytes:,} bytes), "
+            f"but the archive member holds at most {available:,} bytes")
+
+
 def _member(npz, key, where):
     """``npz[key]``, with a damaged member reported as ``ValueError``."""
     try:
+        _check_size(npz, key)
         arr = npz[key]
     except _READ_ERRORS as exc:
         raise ValueError(
@@ -94,11 +137,16 @@ def save(path, layer):
     ----------
     path : str, os.PathLike or binary file object
         Written exactly as given (unlike ``np.savez``, no ``.npz`` suffix is
-        appended), so ``load(path)`` finds it.  An existing file is replaced.
+        appended), so ``load(path)`` finds it.  An existing file is replaced
+        atomically: the archive is written to a temporary file in the same
+        directory (``.<name>.<random>.tmp``), flushed to disk, then renamed
+        over ``path``.  A file object is written to directly.
     layer : lstmc.LSTM or lstmc.TimeLSTM
 
-    The layer is checked before the file is opened, so a failing call leaves
-    an existing file untouched.  See the module docstring for the layout.
+    The layer is checked before any file is created, and a write that fails
+    (disk full, Ctrl-C) removes the temporary file: a failing call leaves an
+    existing file at ``path`` as it was.  See the module docstring for the
+    layout.
     """
     kind = _layer_kind(layer)
     Wx, Wh, b = (np.asarray(p) for p in layer.params)
@@ -115,8 +163,41 @@ def save(path, layer):
     if hasattr(path, "write"):
         np.savez(path, **arrays)
         return
-    with open(os.fspath(path), "wb") as fh:
-        np.savez(fh, **arrays)
+    _write_atomic(os.fsdecode(os.fspath(path)), arrays)
+
+
+def _write_atomic(path, arrays):
+    """``np.savez`` into a new file next to ``path``, renamed over ``path``
+    once complete: readers see the old file or the new one, never a part."""
+    if os.path.islink(path):
+        path = os.path.realpath(path)  # replace the file, not the link
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    directory, base = os.path.split(path)
+    while True:
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:  # mode 0o666 less the umask, as open() would create it
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())  # a full disk shows here at the latest
+        try:  # keep the permissions of the file being replaced
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _scalar(npz, key, kinds, where):

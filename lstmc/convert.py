@@ -103,9 +103,15 @@ def _to_numpy(value, name):
                 value = cpu()
     try:
         arr = np.asarray(value)
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - re-raised with the name
-        raise TypeError(
-            f"{name} could not be converted to a NumPy array: {exc}"
+        # A ragged list stays a ValueError; anything else (e.g. a bfloat16
+        # tensor) is a TypeError.  The same message as lstmc._validate's.
+        kind = ValueError if isinstance(exc, ValueError) else TypeError
+        raise kind(
+            f"{name} could not be converted to a NumPy array "
+            f"({type(exc).__name__}: {exc})"
         ) from exc
     if arr.dtype.kind not in "biuf":
         raise TypeError(
@@ -313,7 +319,15 @@ def from_torch_state_dict(state_dict, layer=0, reverse=False):
         ``proj_size > 0``), which lstmc does not model; if a weight key is
         missing (the message names the missing and the existing keys); or if
         only one of the two bias keys is present.
+    TypeError
+        If ``state_dict`` is not a mapping (it has no ``keys()``), or
+        ``layer`` is not an int.
     """
+    if not (callable(getattr(state_dict, "keys", None))
+            and hasattr(type(state_dict), "__getitem__")):
+        raise TypeError(
+            "state_dict must be a mapping of parameter names to tensors "
+            f"(e.g. lstm.state_dict()), got {type(state_dict).__name__}")
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
         raise TypeError(f"layer must be an int, got {type(layer).__name__}")
     if layer < 0:
@@ -343,8 +357,8 @@ def from_torch_state_dict(state_dict, layer=0, reverse=False):
     return from_torch(
         state_dict[keys["weight_ih"]],
         state_dict[keys["weight_hh"]],
-        state_dict.get(keys["bias_ih"]),
-        state_dict.get(keys["bias_hh"]),
+        state_dict[keys["bias_ih"]] if bias_present[0] else None,
+        state_dict[keys["bias_hh"]] if bias_present[1] else None,
     )
 
 

@@ -612,9 +612,8 @@ def test_out_buffers(rng, dtype, N, train):
 
 # README: "`out=` arrays must be writable with a contiguous last axis" (results
 # are written in place and the arrays themselves returned; never a silent copy).
-_README_GAP = ("README promises out= works for any writable array with a contiguous "
-               "last axis; this one is refused (lstmc._cell._mat also requires a positive "
-               "row stride that is a whole number of items, and alignment)")
+# Rows BLAS cannot reach through a leading dimension (negative or odd row
+# stride, unaligned) are computed in scratch and copied in.
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -627,9 +626,9 @@ _README_GAP = ("README promises out= works for any writable array with a contigu
     ("neg_cols", False),
     ("neg_all", False),
     ("readonly", False),            # not writable
-    pytest.param("neg_rows", True, marks=pytest.mark.xfail(strict=True, reason=_README_GAP)),
-    pytest.param("unaligned", True, marks=pytest.mark.xfail(strict=True, reason=_README_GAP)),
-    pytest.param("odd_stride", True, marks=pytest.mark.xfail(strict=True, reason=_README_GAP)),
+    ("neg_rows", True),
+    ("unaligned", True),
+    ("odd_stride", True),
 ])
 def test_out_layouts_written_in_place_or_refused(rng, dtype, layout, accepted, which):
     """An out= array with a contiguous last axis is written in place and returned;

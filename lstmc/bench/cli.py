@@ -9,7 +9,7 @@ import numpy as np
 
 import lstmc
 from lstmc import _blas_threads
-from lstmc._cli import Parser, positive
+from lstmc._cli import Parser, positive, unwritable
 from lstmc.bench import cell, compare, dask, seq, threads
 from lstmc.bench.environment import ENV_VARS, OTHER_ENV_VARS, Env, load
 from lstmc.bench.report import header, reproduce_command, say
@@ -76,7 +76,12 @@ def _runs(section, name):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json is not None:  # before the benchmark, not after it
+        reason = unwritable(args.json) if args.json else "empty path"
+        if reason:
+            parser.error("argument --json: cannot write %s: %s" % (args.json, reason))
     environ = dict(os.environ)
     if args.rounds is None:
         args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
@@ -125,10 +130,17 @@ def main(argv=None):
             say("  %s, %s: %s" % (label, key, err))
     report["meta"]["failed"] = env.failed
     report["meta"]["seconds"] = time.perf_counter() - start
+    status = 1 if env.failed else 0
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        say("raw medians and samples written to %s" % args.json)
+        try:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+        except OSError as exc:  # e.g. the disk filled up meanwhile
+            print("%s: error: cannot write --json %s: %s"
+                  % (PROG, args.json, exc.strerror or exc), file=sys.stderr)
+            status = 1
+        else:
+            say("raw medians and samples written to %s" % args.json)
     say("total time %.0f s" % (time.perf_counter() - start))
     say(reproduce_command(argv, environ))
-    return 1 if env.failed else 0
+    return status

@@ -64,6 +64,10 @@ def main(argv=None, prog="lstmc"):
     except UsageError as exc:
         print("%s: error: %s" % (prog, exc), file=sys.stderr)
         return 2
+    except MemoryError as exc:  # what check_memory could not foresee
+        print("%s: error: out of memory%s (lower --hidden, --batch or --bptt)"
+              % (prog, ": %s" % exc if str(exc) else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # a second Ctrl-C, after training stopped
         print("%s: interrupted" % prog, file=sys.stderr)
         return 130

@@ -208,8 +208,11 @@ class CharLM:
             i += 1
             if i < len(ids):
                 continue  # still reading the prime
-            logits = (h @ W + b).astype(np.float64) / temperature
-            p = np.exp(logits - logits.max())
+            # Shift before dividing: the largest logit gives exp(0) = 1 at any
+            # temperature, so a tiny one tends to argmax instead of inf / inf.
+            logits = (h @ W + b).astype(np.float64)
+            with np.errstate(over="ignore", under="ignore"):
+                p = np.exp((logits - logits.max()) / temperature)
             cdf = np.cumsum(p)
             k = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
             out.append(min(k, len(cdf) - 1))

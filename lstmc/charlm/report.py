@@ -17,6 +17,14 @@ def fmt_int(n):
     return "{:,}".format(n)
 
 
+def fmt_bytes(n):
+    """1536 -> '1.5 KiB'."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return ("%d %s" if unit == "bytes" else "%.1f %s") % (n, unit)
+        n /= 1024
+
+
 def fmt_time(seconds):
     if seconds < 60:
         return "%.1f s" % seconds

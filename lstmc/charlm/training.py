@@ -1,5 +1,5 @@
 """One run of the demo, from checked options to exit code: build the model,
-train it within its budget, evaluate it, sample from it, save and plot.
+train it within its budget, save it, evaluate it, sample from it and plot.
 
 Training is truncated backpropagation through time on a batch of parallel
 streams cut from one long text, with Adam, gradient-norm clipping and a cosine
@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from lstmc import _blas_threads, save
+from lstmc._cli import unwritable
 from lstmc.charlm import report
 from lstmc.charlm.config import (EMBED_MAX, LR_FLOOR, MAX_GRAD_NORM, PRIME, VALID_MAX_CHARS,
                                  UsageError)
@@ -46,11 +47,35 @@ def blas_threads(requested):
 
 
 def check_output_path(option, path):
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UsageError("%s %s: directory %s does not exist" % (option, path, parent))
-    if os.path.isdir(path):
-        raise UsageError("%s %s: is a directory" % (option, path))
+    reason = unwritable(path)
+    if reason:
+        raise UsageError("%s %s: %s" % (option, path, reason))
+
+
+def physical_memory():
+    """Bytes of physical memory of this machine, or None when unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(cfg, vocab_size, available=None):
+    """UsageError, before anything is allocated, when the model and one training
+    step cannot fit in the machine's memory (``available`` bytes; default: all
+    of it). The estimate is a lower bound: the weights, their gradients and
+    Adam's two moments, and the activations of one batch."""
+    available = physical_memory() if available is None else available
+    V, H = vocab_size, cfg.hidden
+    D = min(EMBED_MAX, H)
+    params = V * D + D * 4 * H + H * 4 * H + 4 * H + H * V + V
+    activations = cfg.batch * cfg.bptt * (D + 8 * H + 2 * V)
+    need = (4 * params + activations) * cfg.dtype.itemsize
+    if available and need > available:
+        raise UsageError(
+            "--hidden %d needs at least %s of memory (weights, gradients, Adam's moments "
+            "and one batch of activations), more than the %s of this machine (lower "
+            "--hidden)" % (H, report.fmt_bytes(need), report.fmt_bytes(available)))
 
 
 def train(model, train_ids, cfg, progress):
@@ -135,6 +160,7 @@ def _run(cfg, say, warn, err, threads_label):
     corpus = load_corpus(cfg.corpus, cfg.batch, cfg.bptt)
 
     V, H = len(corpus.chars), cfg.hidden
+    check_memory(cfg, V)
     # Character frequencies of the training text (add-one smoothed): the unigram
     # baseline, and the starting point of the output bias.
     counts = np.bincount(corpus.train, minlength=V).astype(np.float64) + 1.0
@@ -148,6 +174,11 @@ def _run(cfg, say, warn, err, threads_label):
     if not losses:
         warn("interrupted before the first step")
         return 130
+    status = 0
+    if cfg.save:  # first: a Ctrl-C during evaluation or sampling keeps the model
+        status |= _write("--save", cfg.save, lambda: save(cfg.save, model.lstm),
+                         "saved     TimeLSTM weights (Wx, Wh, b) to %s (read back with "
+                         "lstmc.load)" % cfg.save, say, warn)
 
     val_loss, targets = model.evaluate(corpus.valid[:VALID_MAX_CHARS + 1])
     unigram_loss = -float(logq[targets].mean())  # on the very targets the model saw
@@ -155,14 +186,8 @@ def _run(cfg, say, warn, err, threads_label):
                        len(targets), len(corpus.valid)))
     say(report.sample(cfg, *sample(model, corpus, cfg)))
 
-    if cfg.save or plot:
-        say([""])
-    status = 0
-    if cfg.save:
-        status |= _write("--save", cfg.save, lambda: save(cfg.save, model.lstm),
-                         "saved     TimeLSTM weights (Wx, Wh, b) to %s (read back with "
-                         "lstmc.load)" % cfg.save, say, warn)
     if plot:
+        say([""])
         title = "lstmc char-LM, hidden %d, %s: validation perplexity %.2f" % (
             H, cfg.dtype.name, math.exp(val_loss))
         status |= _write("--plot", plot, lambda: report.write_plot(
