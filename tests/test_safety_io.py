@@ -223,7 +223,8 @@ def test_load_reads_compressed_archives(tmp_path):
 @pytest.mark.parametrize("bad", [[1, 2], None, 3, "weight_ih_l0", (np.zeros((8, 3)),)],
                          ids=["list", "None", "int", "str", "tuple"])
 def test_state_dict_must_be_a_mapping(bad):
-    with pytest.raises(TypeError, match=r"^state_dict must be a mapping.*got " + type(bad).__name__):
+    got = type(bad).__name__
+    with pytest.raises(TypeError, match=r"^state_dict must be a mapping.*got " + got):
         convert.from_torch_state_dict(bad)
 
 
@@ -285,7 +286,7 @@ def _time_calls():
 def test_ragged_list_names_the_argument(name):
     calls = {**_cell_calls(), **_time_calls()}
     layer = _layer(kind=lstmc.LSTM if name in _cell_calls() else lstmc.TimeLSTM)
-    if name in _time_calls() and name in ("h", "c"):
+    if name in ("h", "c"):  # set_state is for stateful layers
         layer = lstmc.TimeLSTM(*layer.params, stateful=True)
     with pytest.raises(ValueError) as info:
         calls[name](layer)

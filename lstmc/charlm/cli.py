@@ -1,7 +1,7 @@
 """The demo's command line: ``lstmc`` (or ``python -m lstmc``) with no command.
 
-Usage errors, and a corpus or output path that cannot work, are one line on
-stderr and exit code 2, never a traceback.
+Usage errors, and a corpus, output path or model size that cannot work, are one
+line on stderr and exit code 2, never a traceback.
 """
 
 import sys

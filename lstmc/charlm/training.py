@@ -73,9 +73,10 @@ def check_memory(cfg, vocab_size, available=None):
     need = (4 * params + activations) * cfg.dtype.itemsize
     if available and need > available:
         raise UsageError(
-            "--hidden %d needs at least %s of memory (weights, gradients, Adam's moments "
-            "and one batch of activations), more than the %s of this machine (lower "
-            "--hidden)" % (H, report.fmt_bytes(need), report.fmt_bytes(available)))
+            "--hidden %d (with --batch %d, --bptt %d) needs at least %s of memory for the "
+            "weights, their gradients, Adam's moments and one batch, more than the %s of "
+            "this machine" % (H, cfg.batch, cfg.bptt, report.fmt_bytes(need),
+                              report.fmt_bytes(available)))
 
 
 def train(model, train_ids, cfg, progress):
