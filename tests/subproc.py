@@ -35,6 +35,7 @@ def child_env(extra=None):
     if env.get("PYTHONPATH"):
         path.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(path)
+    env.setdefault("PYTHONFAULTHANDLER", "1")     # a crash shows where in the child
     env.update(extra or {})
     return env
 
