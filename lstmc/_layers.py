@@ -34,12 +34,12 @@ class _Layer:
     @property
     def input_size(self):
         """D, the width of an input row."""
-        return self._work.D
+        return self._work.input_size
 
     @property
     def hidden_size(self):
         """H, the width of the hidden and cell states."""
-        return self._work.H
+        return self._work.hidden_size
 
     # Pickle and deepcopy keep weights, gradients and held state, not the
     # scratch buffers and cache (rebuilt on first use).

@@ -101,7 +101,7 @@ def weights(Wx, Wh, b, names=("Wx", "Wh", "b")):
 
 
 def _check_list(layer, attr, names, writable):
-    dtype, D, H = layer.dtype, layer._work.D, layer._work.H
+    dtype, D, H = layer.dtype, layer._work.input_size, layer._work.hidden_size
     shapes = ((D, 4 * H), (H, 4 * H), (4 * H,))
     items = getattr(layer, attr)
     if not isinstance(items, list) or len(items) != 3:

@@ -5,8 +5,8 @@ from typing import Any, Dict, Optional, Tuple, Type
 import numpy as np
 
 class _CellWork:
-    D: int
-    H: int
+    input_size: int
+    hidden_size: int
     def __init__(self, D: int, H: int) -> None: ...
     def forward(self, layer: Any, x: Any, h_prev: Any, c_prev: Any,
                 out: Optional[Tuple[np.ndarray, np.ndarray]],
@@ -15,8 +15,8 @@ class _CellWork:
                  dc_next: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 class _TimeWork:
-    D: int
-    H: int
+    input_size: int
+    hidden_size: int
     cached: bool
     generation: int
     def __init__(self, D: int, H: int) -> None: ...

@@ -18,7 +18,6 @@ The command lines run in subprocesses, like tests/test_main.py.
 import errno
 import io
 import os
-import pathlib
 import subprocess
 import sys
 import time
@@ -31,19 +30,16 @@ import pytest
 import lstmc
 from lstmc import _io, convert
 from optional import require
+from subproc import child_env
 
-PKG_PARENT = str(pathlib.Path(lstmc.__file__).resolve().parent.parent)
 D, H = 3, 4
 
 
 def run(args, cwd, timeout=300):
     """``python -m lstmc *args`` on the lstmc this process imports."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([PKG_PARENT] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    env["PYTHONIOENCODING"] = "utf-8"
-    return subprocess.run([sys.executable, "-m", "lstmc", *args], cwd=str(cwd), env=env,
-                          capture_output=True, text=True, encoding="utf-8", timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "lstmc", *args], cwd=str(cwd),
+                          env=child_env({"PYTHONIOENCODING": "utf-8"}), capture_output=True,
+                          text=True, encoding="utf-8", timeout=timeout)
 
 
 def assert_usage_error(r, *words):
