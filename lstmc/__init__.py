@@ -7,17 +7,19 @@ released.
 """
 try:
     from . import _cell, _work  # noqa: F401  (the compiled core)
-except ImportError as _exc:
+except ImportError:
     import os as _os
+    from importlib.machinery import EXTENSION_SUFFIXES as _SUFFIXES
 
-    # The usual cause: Python found the source checkout (the current directory
-    # comes first on sys.path) rather than the installed build.
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    if any(_os.path.exists(_os.path.join(_here, "_work" + s)) for s in _SUFFIXES):
+        raise                   # built, but broken: the error as it is
+    # Not built here: usually Python found a source checkout (the current
+    # directory comes first on sys.path) rather than the installed package.
     raise ImportError(
-        "lstmc's compiled extensions are not importable from %s: this looks like a "
-        "source checkout that was not built. Install it (`pip install .`) and run "
-        "`lstmc`, Python or pytest from outside the source folder, or build in place "
-        "(`python setup.py build_ext --inplace`). Cause: %s"
-        % (_os.path.dirname(_os.path.abspath(__file__)), _exc)) from _exc
+        "lstmc is not built in %s (a source checkout?). Install it with "
+        "`pip install .` and run `lstmc`, Python or pytest from outside this folder, "
+        "or build it in place with `python setup.py build_ext --inplace`." % _here) from None
 
 from ._layers import LSTM, TimeLSTM  # noqa: E402
 from ._io import load, save  # noqa: E402

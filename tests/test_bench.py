@@ -13,6 +13,9 @@ import sys
 import lstmc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(lstmc.__file__)))
+# Children run in this folder: a source checkout in the working directory would
+# come first on their sys.path, ahead of the lstmc under test.
+HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = ["--quick", "--rounds", "2", "--target-ms", "1", "--dtype", "float32"]
 
 
@@ -27,7 +30,7 @@ def _env():
 def run_bench(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "lstmc", "bench", *args],
                           capture_output=True, text=True, encoding="utf-8", env=_env(),
-                          timeout=timeout)
+                          timeout=timeout, cwd=HERE)
 
 
 def test_bench_quick_all_sections(tmp_path):
@@ -68,7 +71,7 @@ def test_bench_without_torch_and_onnxruntime_installed():
             "from lstmc.bench import main\n"
             "sys.exit(main(%r))\n" % ([*TINY, "--section", "seq"],))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          encoding="utf-8", env=_env(), timeout=300)
+                          encoding="utf-8", env=_env(), timeout=300, cwd=HERE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "torch (not installed)" in proc.stdout
     assert "onnxruntime (not installed" in proc.stdout

@@ -90,10 +90,12 @@ def _assert_same_math(got, want, dtype):
 
 
 def _child(code):
-    """Run code in a fresh interpreter that imports the same lstmc as this one."""
+    """Run code in a fresh interpreter that imports the same lstmc as this one
+    (from this folder: a source checkout in the working directory would come
+    first on the child's sys.path)."""
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(lstmc.__file__)))
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+                          text=True, timeout=TIMEOUT, cwd=os.path.dirname(__file__))
 
 
 # ---------------------------------------------------------------- Dask stays optional
