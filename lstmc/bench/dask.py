@@ -23,7 +23,10 @@ single-thread forward (so a perfect two-worker cluster would show 2.00x):
   Dask. On a loaded machine multi-threaded BLAS suffers most: each small gemm waits
   for all its threads.
 
-Every contender's result is compared with the forward's, bit for bit (``exact``).
+Every contender's result is compared with the forward's (``agrees``): ``exact``
+when bit for bit, ``within <tol>`` at the tolerance lstmc promises (blocks of
+other row counts, and BLAS with other thread counts, sum in another order), else
+``NO``.
 The cluster's start-up is timed once, and not included in the figures. Skipped with
 a line when the ``dask`` extra is not installed.
 """
@@ -83,11 +86,11 @@ def run(env, args, report):
     collect_errors(env, LABEL, [c for _, _, _, c in timed])
     base = median(timed[0][3])
     results = []
-    for name, where, exact, c in timed:
+    for name, where, agrees, c in timed:
         sec = median(c)
         results.append(dict(name=name, where=where, seconds=sec,
                             seq_per_s=N / sec if sec else None,
-                            vs_forward=base / sec if sec and base else None, exact=exact,
+                            vs_forward=base / sec if sec and base else None, agrees=agrees,
                             samples=c.samples, N=N, T=T, D=D, H=H, rows=rows,
                             dtype=dtype.name))
     say("dask: scoring N=%d sequences, T=%d, D=H=%d, %s, batch chunks of %d (%d blocks); "
@@ -100,10 +103,10 @@ def run(env, args, report):
            "/".join(sorted(set(worker_blas.values()))),
            "" if _blas_threads.available() else
            " (threadpoolctl not installed: this process not pinned)", startup))
-    say(table(["contender", "where", "seconds", "sequences/s", "vs forward", "exact"],
+    say(table(["contender", "where", "seconds", "sequences/s", "vs forward", "agrees"],
               [[r["name"], r["where"], _fmt(r["seconds"], "%.3f"),
                 _fmt(r["seq_per_s"], "{:,.0f}"), _fmt(r["vs_forward"], "%.2fx"),
-                "yes" if r["exact"] else "NO"] for r in results], left=2))
+                r["agrees"]] for r in results], left=2))
     report["dask"] = results
 
 
@@ -122,9 +125,19 @@ def _pinned(fn):
     return run_pinned
 
 
+def _agreement(got, want):
+    """'exact', 'within <tol>' (lstmc's promised tolerance for the dtype), or 'NO'."""
+    if np.array_equal(got, want):
+        return "exact"
+    tol = 1e-5 if want.dtype == np.float32 else 1e-12
+    if np.allclose(got, want, rtol=tol, atol=tol):
+        return "within %g" % tol
+    return "NO"
+
+
 def _time_on_cluster(layer, x, xs, rounds, target):
     """Start the cluster, check and time the contenders in alternating rounds, stop it.
-    Returns [(name, where, exact, Contender)], the workers' BLAS threads and the
+    Returns [(name, where, agrees, Contender)], the workers' BLAS threads and the
     cluster's start-up time."""
     from distributed import Client, LocalCluster
 
@@ -160,8 +173,7 @@ def _time_on_cluster(layer, x, xs, rounds, target):
             ("TimeLSTM.forward, BLAS threads", "1 process x %s threads" % blas_threads(),
              forward),
         ]
-        timed = [(name, where,
-                  bool(np.array_equal(fn(), want_last if "last_only" in name else want)),
+        timed = [(name, where, _agreement(fn(), want_last if "last_only" in name else want),
                   Contender(name, loop(fn)))
                  for name, where, fn in contenders]
         run_rounds([c for _, _, _, c in timed], rounds, target)
