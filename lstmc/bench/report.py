@@ -80,18 +80,11 @@ def table(headers, rows, groups=None, left=1):
 def _blas_lines():
     if not _blas_threads.available():
         return ["BLAS:      threadpoolctl not installed, libraries unknown"]
-    rows = []
     # SciPy's pool first: the one lstmc calls.
-    for pool in sorted(_blas_threads.pools(), key=lambda p: _blas_threads.owner(p) != "scipy"):
-        owner = _blas_threads.owner(pool)
-        rows.append([pool.get("user_api", "?"), pool.get("internal_api", "?"),
-                     pool.get("version") or "-", "kernel " + (pool.get("architecture") or "-"),
-                     "%s threads" % pool.get("num_threads", "?"),
-                     "%s (%s%s)" % (os.path.basename(pool.get("filepath") or "?"), owner,
-                                    ", used by lstmc" if owner == "scipy" else "")])
-    widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))] if rows else []
-    return [("BLAS:      " + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip()
-            for r in rows]
+    pools = sorted(_blas_threads.pools(), key=lambda p: _blas_threads.owner(p) != "scipy")
+    return ["BLAS:      %s%s" % (_blas_threads.describe(pool),
+                                 ", used by lstmc" if _blas_threads.owner(pool) == "scipy" else "")
+            for pool in pools]
 
 
 def header(env, args):
