@@ -34,22 +34,25 @@ def _dtype_of(typenum_or_dtype):
     return np.dtype(typenum_or_dtype)
 
 
-def as_array(a, name, dtype, shape):
-    """numpy.asarray(a), checked for dtype and shape (None in shape: any size).
-
-    A failed conversion is re-raised naming the argument, chained to the original:
-    ValueError stays ValueError (a ragged list), anything else is a TypeError (a
-    torch tensor that requires grad or holds bfloat16). MemoryError passes as is.
-    """
-    dtype = _dtype_of(dtype)
+def to_ndarray(value, name):
+    """numpy.asarray(value), a failure re-raised naming the argument, chained to the
+    original: ValueError stays ValueError (a ragged list), anything else is a
+    TypeError (a torch tensor that requires grad or holds bfloat16). MemoryError
+    passes as is."""
     try:
-        a = np.asarray(a)
+        return np.asarray(value)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with the argument's name
         kind = ValueError if isinstance(exc, ValueError) else TypeError
         raise kind(f"{name} could not be converted to a NumPy array "
                    f"({type(exc).__name__}: {exc})") from exc
+
+
+def as_array(a, name, dtype, shape):
+    """to_ndarray(a), checked for dtype and shape (None in shape: any size)."""
+    dtype = _dtype_of(dtype)
+    a = to_ndarray(a, name)
     if a.dtype != dtype:
         raise TypeError(f"{name} has dtype {a.dtype}; expected {dtype}")
     if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):

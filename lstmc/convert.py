@@ -101,18 +101,7 @@ def _to_numpy(value, name):
             cpu = getattr(value, "cpu", None)
             if callable(cpu):
                 value = cpu()
-    try:
-        arr = np.asarray(value)
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - re-raised with the name
-        # A ragged list stays a ValueError; anything else (e.g. a bfloat16
-        # tensor) is a TypeError.  The same message as lstmc._validate's.
-        kind = ValueError if isinstance(exc, ValueError) else TypeError
-        raise kind(
-            f"{name} could not be converted to a NumPy array "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+    arr = _validate.to_ndarray(value, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(
             f"{name} must hold real numbers, got an array of dtype {arr.dtype}"
