@@ -117,13 +117,15 @@ def extension(module, pyx, depends):
         include_dirs=["src", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=cflags,
+        # _pool.h: threads and dlsym (part of libc in recent glibc, separate before).
+        libraries=[] if sys.platform == "win32" else ["pthread", "dl"],
         depends=depends,
     )
 
 
 write_blas_int()
 render_work()
-DEPENDS = ["src/_gates.h", "src/_gates.pxd", "src/_blas.pxd", "src/_cell.pxd",
+DEPENDS = ["src/_gates.h", "src/_pool.h", "src/_gates.pxd", "src/_blas.pxd", "src/_cell.pxd",
            "src/_work.pyx.in"]
 extensions = [
     extension("lstmc._cell", "src/_cell.pyx", DEPENDS),

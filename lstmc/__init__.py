@@ -23,7 +23,9 @@ except ImportError:
 
 from ._layers import LSTM, TimeLSTM  # noqa: E402
 from ._io import load, save  # noqa: E402
+from ._threads import get_num_threads, set_num_threads, threads  # noqa: E402
 from . import convert  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "TimeLSTM", "convert", "load", "save", "__version__"]
+__all__ = ["LSTM", "TimeLSTM", "convert", "get_num_threads", "load", "save",
+           "set_num_threads", "threads", "__version__"]

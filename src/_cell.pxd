@@ -26,6 +26,27 @@ Layout contract (the same for every argument):
 from cython cimport floating
 
 
+# How a sequence kernel runs (lstmc._work chooses it per layer and shape):
+cdef struct Plan:
+    int threads                 # at most this many threads (1: the caller's only)
+    Py_ssize_t block            # rows of the batch per task, >= 1
+    bint recurrent_by_rows      # the recurrent product issued with BLAS's m = rows
+                                # (gate-major, added in by a loop), else m = 4H
+
+
+# lstmc's threads (_pool.h). Every numeric call runs between lstm_call_begin,
+# which waits until fewer than the limit of threads run lstmc work (and with
+# pin_blas holds SciPy's BLAS at one thread), and lstm_call_end (the same
+# pin_blas). The `threads` of a kernel is the most it runs on.
+cdef void lstm_call_begin(bint pin_blas) noexcept nogil
+cdef void lstm_call_end(bint pin_blas) noexcept nogil
+cdef void lstm_set_threads(int n) noexcept nogil
+cdef int lstm_get_threads() noexcept nogil
+cdef int lstm_pool_workers() noexcept nogil          # worker threads made so far
+cdef int lstm_blas_threads() noexcept nogil          # SciPy's BLAS count now, -1 unknown
+cdef bint lstm_blas_bound() noexcept nogil           # lstmc can pin SciPy's BLAS
+
+
 # True when a kernel accepts these sizes; largest_ld is the largest leading
 # dimension (or stride, in elements) among its arguments.
 cdef bint lstm_step_fits(Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
@@ -44,6 +65,7 @@ cdef int lstm_step_forward(
     floating *h_next, Py_ssize_t ldhn,         # OUT (N, H); may be h_prev
     floating *c_next, Py_ssize_t ldcn,         # OUT (N, H); may be c_prev
     floating *tanh_c, Py_ssize_t ldtc,         # OUT (N, H) tanh(c_next), or NULL
+    int threads,
 ) noexcept nogil
 
 
@@ -62,6 +84,7 @@ cdef int lstm_step_backward(
     floating *dh_prev, Py_ssize_t lddhp,       # OUT (N, H)
     floating *dc_prev, Py_ssize_t lddcp,       # OUT (N, H); may be dc_next
     floating *dWx, floating *dWh, floating *db,  # OUT overwritten, C-contiguous
+    int threads,
 ) noexcept nogil
 # No OUT array may overlap an IN array or another OUT array, with one exception:
 # dc_prev may be dc_next itself (the same pointer and leading dimension).
@@ -109,6 +132,8 @@ cdef int lstm_sequence_forward(
     floating *cells,                           # (N, T, H)  c of every step
     floating *tanh_cells,                      # (N, T, H)  tanh(c) of every step
     floating *h_prevs,                         # (N, T, H)  h before every step: h0, hs[:, :-1]
+    const Plan *plan,
+    floating *recurrent,                       # scratch (N, 4H), used when recurrent_by_rows
 ) noexcept nogil
 
 # The same outputs without what backward needs, in memory bounded whatever T is:
@@ -123,6 +148,8 @@ cdef int lstm_sequence_infer(
     floating *chunk_gates,                     # scratch (chunk_steps * N, 4H)
     floating *chunk_inputs,                    # scratch (chunk_steps * N, D); NULL if N == 1
     Py_ssize_t chunk_steps,                    # >= 1
+    const Plan *plan,
+    floating *recurrent,                       # scratch (N, 4H), used when recurrent_by_rows
 ) noexcept nogil
 
 cdef int lstm_sequence_backward(
@@ -138,5 +165,13 @@ cdef int lstm_sequence_backward(
     floating *dxs,                             # OUT (N, T, D)
     floating *dh0,                             # OUT (N, H) gradient of h0
     floating *dWx, floating *dWh, floating *db,  # OUT overwritten: sums over all steps
+    const Plan *plan,
 ) noexcept nogil
 # No OUT or scratch array may overlap another array of the same call.
+
+
+# gates (N, 4H, ldg) += h_prev (N, H, ldh) @ Wh, one step's recurrent product as
+# the plan orients it (recurrent: scratch (4H, N) when by_rows).
+cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
+                         const floating *h_prev, Py_ssize_t ldh, const floating *Wh,
+                         floating *gates, Py_ssize_t ldg, floating *recurrent) noexcept nogil

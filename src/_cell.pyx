@@ -25,7 +25,53 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _blas cimport blas_fits, gemm, gemv_t, gemv_n
-from _gates cimport gates_forward, gates_backward, column_sums, outer
+from scipy.linalg.cython_blas cimport sgemm
+from _gates cimport gates_forward, gates_backward, column_sums, outer, add_transposed
+from libc.stddef cimport ptrdiff_t
+
+cdef extern from "_pool.h" nogil:
+    ctypedef void (*lstmc_task_fn)(void *ctx, ptrdiff_t task) noexcept nogil
+    void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void *ctx)
+    void lstmc_call_begin(int pin)
+    void lstmc_call_end(int pin)
+    void lstmc_set_threads(int n)
+    int lstmc_get_threads()
+    int lstmc_pool_workers()
+    int lstmc_bind_blas(const void *sym)
+    int lstmc_blas_threads_now()
+
+# --------------------------------------------------------------- threads
+
+cdef bint _blas_bound = lstmc_bind_blas(<const void *> sgemm)
+
+
+cdef void lstm_call_begin(bint pin_blas) noexcept nogil:
+    lstmc_call_begin(pin_blas)
+
+
+cdef void lstm_call_end(bint pin_blas) noexcept nogil:
+    lstmc_call_end(pin_blas)
+
+
+cdef void lstm_set_threads(int n) noexcept nogil:
+    lstmc_set_threads(n)
+
+
+cdef int lstm_get_threads() noexcept nogil:
+    return lstmc_get_threads()
+
+
+cdef int lstm_pool_workers() noexcept nogil:
+    return lstmc_pool_workers()
+
+
+cdef int lstm_blas_threads() noexcept nogil:
+    return lstmc_blas_threads_now()
+
+
+cdef bint lstm_blas_bound() noexcept nogil:
+    return _blas_bound
+
 
 # ------------------------------------------------------------ size rules
 
@@ -85,7 +131,7 @@ cdef inline void _copy_rows(floating *dst, Py_ssize_t ld_dst, const floating *sr
 
 # ------------------------------------------------------------- one step
 
-cdef int lstm_step_forward(
+cdef int _step_forward_rows(
     Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
     const floating *x, Py_ssize_t ldx,
     const floating *h_prev, Py_ssize_t ldhp,
@@ -97,10 +143,6 @@ cdef int lstm_step_forward(
     floating *tanh_c, Py_ssize_t ldtc,
 ) noexcept nogil:
     cdef Py_ssize_t G4 = 4 * H
-    if N <= 0:
-        return 0
-    if not lstm_step_fits(N, D, H, max(ldx, ldhp, ldg)):
-        return -1
     if x != NULL:
         _affine(N, D, G4, x, ldx, Wx, 0, gates, ldg)          # gates = x @ Wx
     if h_prev != NULL:
@@ -108,6 +150,205 @@ cdef int lstm_step_forward(
     gates_forward(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
                   h_next, ldhn, tanh_c, ldtc)
     return 0
+
+
+# A step on several threads: the forward splits the batch into row blocks
+# (one row: the 4H columns of its products into blocks, the gate loop after);
+# the backward runs its gate loop and dx, dh_prev by row blocks, then the
+# weight gradients by column blocks (one row: by blocks of Wx's and Wh's rows).
+
+cdef struct _StepArgs:
+    bint double_precision
+    Py_ssize_t batch, input_size, hidden_size, block, piece, pieces
+    const void *x
+    Py_ssize_t ldx
+    const void *h_prev
+    Py_ssize_t ldhp
+    const void *c_prev
+    Py_ssize_t ldcp
+    const void *Wx
+    const void *Wh
+    const void *b
+    void *gates
+    Py_ssize_t ldg
+    void *h_next
+    Py_ssize_t ldhn
+    void *c_next
+    Py_ssize_t ldcn
+    void *tanh_c
+    Py_ssize_t ldtc
+    const void *dh_next
+    Py_ssize_t lddh
+    const void *dc_next
+    Py_ssize_t lddc
+    void *dA
+    Py_ssize_t ldda
+    void *dx
+    Py_ssize_t lddx
+    void *dh_prev
+    Py_ssize_t lddhp
+    void *dc_prev
+    Py_ssize_t lddcp
+    void *dWx
+    void *dWh
+    void *db
+
+
+cdef inline const floating *_at(const void *p, Py_ssize_t offset, floating *kind) noexcept nogil:
+    return NULL if p == NULL else <const floating *> p + offset
+
+
+cdef inline floating *_at_out(void *p, Py_ssize_t offset, floating *kind) noexcept nogil:
+    return NULL if p == NULL else <floating *> p + offset
+
+
+cdef void _step_forward_part(floating *kind, const _StepArgs *a, ptrdiff_t task) noexcept nogil:
+    cdef Py_ssize_t D = a.input_size, H = a.hidden_size, G4 = 4 * H
+    cdef Py_ssize_t first, width
+    if a.batch == 1:                 # columns first .. first + width of both products
+        first = task * a.piece
+        width = min(a.piece, G4 - first)
+        gemv_t(D, width, 1, <const floating *> a.Wx + first, G4, <const floating *> a.x, 0,
+               <floating *> a.gates + first)
+        if a.h_prev != NULL:
+            gemv_t(H, width, 1, <const floating *> a.Wh + first, G4,
+                   <const floating *> a.h_prev, 1, <floating *> a.gates + first)
+        return
+    first = task * a.block
+    width = min(a.block, a.batch - first)
+    _step_forward_rows(width, D, H, _at(a.x, first * a.ldx, kind), a.ldx,
+                       _at(a.h_prev, first * a.ldhp, kind), a.ldhp,
+                       _at(a.c_prev, first * a.ldcp, kind), a.ldcp,
+                       <const floating *> a.Wx, <const floating *> a.Wh,
+                       <const floating *> a.b,
+                       _at_out(a.gates, first * a.ldg, kind), a.ldg,
+                       _at_out(a.h_next, first * a.ldhn, kind), a.ldhn,
+                       _at_out(a.c_next, first * a.ldcn, kind), a.ldcn,
+                       _at_out(a.tanh_c, first * a.ldtc, kind), a.ldtc)
+
+
+cdef void _step_forward_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_StepArgs *> args).double_precision:
+        _step_forward_part(<double *> NULL, <_StepArgs *> args, task)
+    else:
+        _step_forward_part(<float *> NULL, <_StepArgs *> args, task)
+
+
+cdef void _step_args(_StepArgs *a, Py_ssize_t N, Py_ssize_t D, Py_ssize_t H, int threads,
+                     floating *kind) noexcept nogil:
+    cdef Py_ssize_t blocks = min(N, <Py_ssize_t> threads)
+    memset(a, 0, sizeof(_StepArgs))
+    a.double_precision = floating is double
+    a.batch, a.input_size, a.hidden_size = N, D, H
+    a.block = _ceil_div(N, blocks)
+    a.piece = _ceil_div(_ceil_div(4 * H, threads), 16) * 16
+    a.pieces = _ceil_div(4 * H, a.piece)
+
+
+cdef int lstm_step_forward(
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t H,
+    const floating *x, Py_ssize_t ldx,
+    const floating *h_prev, Py_ssize_t ldhp,
+    const floating *c_prev, Py_ssize_t ldcp,
+    const floating *Wx, const floating *Wh, const floating *b,
+    floating *gates, Py_ssize_t ldg,
+    floating *h_next, Py_ssize_t ldhn,
+    floating *c_next, Py_ssize_t ldcn,
+    floating *tanh_c, Py_ssize_t ldtc,
+    int threads,
+) noexcept nogil:
+    cdef _StepArgs a
+    if N <= 0:
+        return 0
+    if not lstm_step_fits(N, D, H, max(ldx, ldhp, ldg)):
+        return -1
+    if threads <= 1 or x == NULL:
+        return _step_forward_rows(N, D, H, x, ldx, h_prev, ldhp, c_prev, ldcp, Wx, Wh, b,
+                                  gates, ldg, h_next, ldhn, c_next, ldcn, tanh_c, ldtc)
+    _step_args(&a, N, D, H, threads, gates)
+    a.x, a.ldx, a.h_prev, a.ldhp, a.c_prev, a.ldcp = x, ldx, h_prev, ldhp, c_prev, ldcp
+    a.Wx, a.Wh, a.b = Wx, Wh, b
+    a.gates, a.ldg, a.h_next, a.ldhn = gates, ldg, h_next, ldhn
+    a.c_next, a.ldcn, a.tanh_c, a.ldtc = c_next, ldcn, tanh_c, ldtc
+    lstmc_parallel(threads, a.pieces if N == 1 else _ceil_div(N, a.block),
+                   _step_forward_task, &a)
+    if N == 1:
+        gates_forward(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
+                      h_next, ldhn, tanh_c, ldtc)
+    return 0
+
+
+cdef void _step_backward_rows(floating *kind, const _StepArgs *a,
+                              ptrdiff_t task) noexcept nogil:
+    """Rows first .. first + width: dA, dc_prev, dx, dh_prev."""
+    cdef Py_ssize_t D = a.input_size, H = a.hidden_size, G4 = 4 * H
+    cdef Py_ssize_t first = task * a.block
+    cdef Py_ssize_t width = min(a.block, a.batch - first)
+    cdef floating *dA = <floating *> a.dA + first * a.ldda
+    gates_backward(width, H, <const floating *> a.dh_next + first * a.lddh, a.lddh,
+                   <floating *> NULL, 0, _at(a.dc_next, first * a.lddc, kind), a.lddc,
+                   <const floating *> a.gates + first * a.ldg, a.ldg,
+                   _at(a.c_prev, first * a.ldcp, kind), a.ldcp,
+                   <const floating *> a.tanh_c + first * a.ldtc, a.ldtc, dA, a.ldda,
+                   <floating *> a.dc_prev + first * a.lddcp, a.lddcp)
+    gemm(c'n', c't', width, D, G4, 1, dA, a.ldda, <const floating *> a.Wx, G4, 0,
+         <floating *> a.dx + first * a.lddx, a.lddx)                   # dx = dA @ Wx.T
+    gemm(c'n', c't', width, H, G4, 1, dA, a.ldda, <const floating *> a.Wh, G4, 0,
+         <floating *> a.dh_prev + first * a.lddhp, a.lddhp)            # dh_prev = dA @ Wh.T
+
+
+cdef void _step_backward_rows_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_StepArgs *> args).double_precision:
+        _step_backward_rows(<double *> NULL, <_StepArgs *> args, task)
+    else:
+        _step_backward_rows(<float *> NULL, <_StepArgs *> args, task)
+
+
+cdef void _step_backward_weights(floating *kind, const _StepArgs *a,
+                                 ptrdiff_t task) noexcept nogil:
+    cdef Py_ssize_t N = a.batch, D = a.input_size, H = a.hidden_size, G4 = 4 * H
+    cdef Py_ssize_t first, width, rows, part
+    cdef const floating *dA = <const floating *> a.dA
+    if N == 1:
+        # Task p < pieces: rows of Wx (dWx and dx); else rows of Wh (dWh, dh_prev).
+        part = task % a.pieces
+        rows = D if task < a.pieces else H
+        first = part * _ceil_div(rows, a.pieces)
+        width = min(_ceil_div(rows, a.pieces), rows - first)
+        if width <= 0:
+            return
+        if task < a.pieces:
+            outer(width, G4, <const floating *> a.x + first, dA,
+                  <floating *> a.dWx + first * G4)                       # dWx = outer(x, dA)
+            gemv_n(width, G4, 1, <const floating *> a.Wx + first * G4, G4, dA, 0,
+                   <floating *> a.dx + first)                            # dx = dA @ Wx.T
+        else:
+            if a.h_prev != NULL:
+                outer(width, G4, <const floating *> a.h_prev + first, dA,
+                      <floating *> a.dWh + first * G4)                   # dWh = outer(h_prev, dA)
+            else:
+                memset(<floating *> a.dWh + first * G4, 0, width * G4 * sizeof(floating))
+            gemv_n(width, G4, 1, <const floating *> a.Wh + first * G4, G4, dA, 0,
+                   <floating *> a.dh_prev + first)                       # dh_prev = dA @ Wh.T
+        return
+    first = task * a.piece
+    width = min(a.piece, G4 - first)
+    gemm(c't', c'n', D, width, N, 1, <const floating *> a.x, a.ldx, dA + first, a.ldda, 0,
+         <floating *> a.dWx + first, G4)                                 # dWx = x.T @ dA
+    if a.h_prev != NULL:                                                 # dWh = h_prev.T @ dA
+        gemm(c't', c'n', H, width, N, 1, <const floating *> a.h_prev, a.ldhp, dA + first,
+             a.ldda, 0, <floating *> a.dWh + first, G4)
+    else:
+        for part in range(H):
+            memset(<floating *> a.dWh + part * G4 + first, 0, width * sizeof(floating))
+    column_sums(N, width, dA + first, a.ldda, <floating *> a.db + first)  # db = dA.sum(0)
+
+
+cdef void _step_backward_weights_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_StepArgs *> args).double_precision:
+        _step_backward_weights(<double *> NULL, <_StepArgs *> args, task)
+    else:
+        _step_backward_weights(<float *> NULL, <_StepArgs *> args, task)
 
 
 cdef int lstm_step_backward(
@@ -125,8 +366,10 @@ cdef int lstm_step_backward(
     floating *dh_prev, Py_ssize_t lddhp,
     floating *dc_prev, Py_ssize_t lddcp,
     floating *dWx, floating *dWh, floating *db,
+    int threads,
 ) noexcept nogil:
     cdef Py_ssize_t G4 = 4 * H
+    cdef _StepArgs a
     if not lstm_step_fits(N, D, H, max(ldx, ldhp, ldda, lddx, lddhp)):
         return -1
     if N <= 0:
@@ -134,28 +377,27 @@ cdef int lstm_step_backward(
         memset(dWh, 0, H * G4 * sizeof(floating))
         memset(db, 0, G4 * sizeof(floating))
         return 0
-    gates_backward(N, H, dh_next, lddh, <floating *> NULL, 0, dc_next, lddc,
-                   gates, ldg, c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
+    _step_args(&a, N, D, H, max(threads, 1), dA)
+    if threads <= 1:
+        a.pieces = 1
+    a.x, a.ldx, a.h_prev, a.ldhp, a.c_prev, a.ldcp = x, ldx, h_prev, ldhp, c_prev, ldcp
+    a.Wx, a.Wh, a.gates, a.ldg, a.tanh_c, a.ldtc = Wx, Wh, gates, ldg, tanh_c, ldtc
+    a.dh_next, a.lddh, a.dc_next, a.lddc = dh_next, lddh, dc_next, lddc
+    a.dA, a.ldda, a.dx, a.lddx = dA, ldda, dx, lddx
+    a.dh_prev, a.lddhp, a.dc_prev, a.lddcp = dh_prev, lddhp, dc_prev, lddcp
+    a.dWx, a.dWh, a.db = dWx, dWh, db
     if N == 1:
         # One row: the weight gradients are outer products (a write-only loop,
         # cheaper than zeroing and BLAS ger, which reads them back), the rest gemv.
-        outer(D, G4, x, dA, dWx)                             # dWx = outer(x, dA)
-        if h_prev != NULL:
-            outer(H, G4, h_prev, dA, dWh)                    # dWh = outer(h_prev, dA)
-        else:
-            memset(dWh, 0, H * G4 * sizeof(floating))
+        gates_backward(N, H, dh_next, lddh, <floating *> NULL, 0, dc_next, lddc,
+                       gates, ldg, c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
         memcpy(db, dA, G4 * sizeof(floating))                 # db = dA[0]
-        gemv_n(D, G4, 1, Wx, G4, dA, 0, dx)                   # dx = dA @ Wx.T
-        gemv_n(H, G4, 1, Wh, G4, dA, 0, dh_prev)              # dh_prev = dA @ Wh.T
+        lstmc_parallel(threads, 2 * a.pieces, _step_backward_weights_task, &a)
         return 0
-    gemm(c't', c'n', D, G4, N, 1, x, ldx, dA, ldda, 0, dWx, G4)            # dWx = x.T @ dA
-    if h_prev != NULL:
-        gemm(c't', c'n', H, G4, N, 1, h_prev, ldhp, dA, ldda, 0, dWh, G4)  # dWh = h_prev.T @ dA
-    else:
-        memset(dWh, 0, H * G4 * sizeof(floating))
-    column_sums(N, G4, dA, ldda, db)                                      # db = dA.sum(0)
-    gemm(c'n', c't', N, D, G4, 1, dA, ldda, Wx, G4, 0, dx, lddx)           # dx = dA @ Wx.T
-    gemm(c'n', c't', N, H, G4, 1, dA, ldda, Wh, G4, 0, dh_prev, lddhp)     # dh_prev = dA @ Wh.T
+    if threads <= 1:
+        a.piece, a.pieces = G4, 1
+    lstmc_parallel(threads, _ceil_div(N, a.block), _step_backward_rows_task, &a)
+    lstmc_parallel(threads, a.pieces, _step_backward_weights_task, &a)
     return 0
 
 
@@ -190,37 +432,120 @@ cdef inline void _initial_state(Py_ssize_t N, Py_ssize_t H, const floating *h0,
         memset(c_last, 0, N * H * sizeof(floating))
 
 
-cdef int lstm_sequence_forward(
-    Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,
-    const floating *xs, Py_ssize_t xs_seq_stride, Py_ssize_t xs_step_stride,
-    const floating *Wx, const floating *Wh, const floating *b,
-    const floating *h0, const floating *c0,
-    floating *hs, floating *h_last, floating *c_last,
-    floating *gates, floating *cells, floating *tanh_cells, floating *h_prevs,
-) noexcept nogil:
+# Each sequence kernel splits the batch into blocks of plan.block rows and runs
+# every block through all T steps as one task (rows never interact in the
+# forward, nor in the backward's time loop), on up to plan.threads threads. The
+# backward's products over all steps then split the weight gradients by
+# columns and dxs by rows. Task boundaries depend on the sizes and the plan
+# only: results do not depend on which thread ran which task.
+
+cdef struct _SequenceArgs:
+    bint double_precision
+    Py_ssize_t batch, steps, input_size, hidden_size, chunk_steps
+    Plan plan
+    const void *xs
+    Py_ssize_t xs_seq_stride, xs_step_stride
+    const void *dhs
+    Py_ssize_t dhs_seq_stride, dhs_step_stride
+    const void *Wx
+    const void *Wh
+    const void *b
+    const void *h0
+    const void *c0
+    void *hs
+    void *h_last
+    void *c_last
+    void *gates
+    void *cells
+    void *tanh_cells
+    void *h_prevs
+    void *recurrent
+    void *chunk_gates
+    void *chunk_inputs
+    void *dA
+    void *dc_carry
+    void *dxs
+    void *dh0
+    void *dWx
+    void *dWh
+    void *db
+    Py_ssize_t column_piece, row_piece, column_tasks   # the backward's second phase
+
+
+cdef inline const floating *_rows_in(const void *p, Py_ssize_t first, Py_ssize_t width,
+                                     floating *kind) noexcept nogil:
+    """Row `first` of a C-contiguous matrix of `width` columns, or NULL."""
+    return NULL if p == NULL else <const floating *> p + first * width
+
+
+cdef inline floating *_rows_out(void *p, Py_ssize_t first, Py_ssize_t width,
+                               floating *kind) noexcept nogil:
+    return NULL if p == NULL else <floating *> p + first * width
+
+
+cdef inline Py_ssize_t _block_rows(const _SequenceArgs *a, ptrdiff_t task,
+                                   Py_ssize_t *first) noexcept nogil:
+    first[0] = task * a.plan.block
+    return min(a.plan.block, a.batch - first[0])
+
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline Py_ssize_t _blocks(const Plan *plan, Py_ssize_t N) noexcept nogil:
+    return _ceil_div(N, max(plan.block, 1))
+
+
+cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
+                         const floating *h_prev, Py_ssize_t ldh, const floating *Wh,
+                         floating *gates, Py_ssize_t ldg, floating *recurrent) noexcept nogil:
+    cdef Py_ssize_t G4 = 4 * H
+    if N == 1:
+        gemv_t(H, G4, 1, Wh, G4, h_prev, 1, gates)
+    elif by_rows:
+        # BLAS's m is the batch: h and Wh read transposed, the product gate-major.
+        gemm(c't', c't', G4, N, H, 1, Wh, G4, h_prev, ldh, 0, recurrent, N)
+        add_transposed(N, G4, recurrent, N, gates, ldg)
+    else:
+        gemm(c'n', c'n', N, G4, H, 1, h_prev, ldh, Wh, G4, 1, gates, ldg)
+
+
+cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    cdef Py_ssize_t D = a.input_size, H = a.hidden_size, T = a.steps
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
-    cdef Py_ssize_t t, n
-    cdef Py_ssize_t ldx = _step_ld(N, T, D, xs_seq_stride, xs_step_stride)
-    if N == 0:
-        return 0
-    if not lstm_sequence_fits(N, T, D, H, max(xs_seq_stride, xs_step_stride)):
-        return -1
-    if T == 0:
-        _initial_state(N, H, h0, c0, h_last, c_last)
-        return 0
-    if _evenly_spaced(N, T, xs_seq_stride, xs_step_stride):
+    cdef Py_ssize_t first, n, t
+    cdef Py_ssize_t N = _block_rows(a, task, &first)
+    cdef Py_ssize_t ldx = _step_ld(N, T, D, a.xs_seq_stride, a.xs_step_stride)
+    cdef const floating *xs = <const floating *> a.xs + first * a.xs_seq_stride
+    cdef const floating *Wx = <const floating *> a.Wx
+    cdef const floating *Wh = <const floating *> a.Wh
+    cdef const floating *b = <const floating *> a.b
+    cdef const floating *h0 = _rows_in(a.h0, first, H, kind)
+    cdef const floating *c0 = _rows_in(a.c0, first, H, kind)
+    cdef floating *hs = _rows_out(a.hs, first, TH, kind)
+    cdef floating *gates = _rows_out(a.gates, first, TG, kind)
+    cdef floating *cells = _rows_out(a.cells, first, TH, kind)
+    cdef floating *tanh_cells = _rows_out(a.tanh_cells, first, TH, kind)
+    cdef floating *h_prevs = _rows_out(a.h_prevs, first, TH, kind)
+    cdef floating *recurrent = _rows_out(a.recurrent, first, G4, kind)
+    cdef const floating *h_prev
+    cdef const floating *c_prev
+    if _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
         _affine(N * T, D, G4, xs, ldx, Wx, 0, gates, G4)      # gates = xs @ Wx, all steps
     else:                                                     # rows in place, a gemm per sequence
         for n in range(N):
-            _affine(T, D, G4, xs + n * xs_seq_stride, xs_step_stride, Wx, 0,
+            _affine(T, D, G4, xs + n * a.xs_seq_stride, a.xs_step_stride, Wx, 0,
                     gates + n * TG, G4)
     # Step t reads h and c of step t - 1 in place, as (N, H) slices with ld T*H.
-    lstm_step_forward(N, D, H, <floating *> NULL, 0, h0, H, c0, H, Wx, Wh, b,
-                      gates, TG, hs, TH, cells, TH, tanh_cells, TH)
-    for t in range(1, T):
-        lstm_step_forward(N, D, H, <floating *> NULL, 0, hs + (t - 1) * H, TH,
-                          cells + (t - 1) * H, TH, Wx, Wh, b, gates + t * G4, TG,
-                          hs + t * H, TH, cells + t * H, TH, tanh_cells + t * H, TH)
+    for t in range(T):
+        h_prev = hs + (t - 1) * H if t > 0 else h0
+        c_prev = cells + (t - 1) * H if t > 0 else c0
+        if h_prev != NULL:
+            lstm_recurrent(N, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H, Wh,
+                           gates + t * G4, TG, recurrent)
+        gates_forward(N, H, gates + t * G4, TG, b, c_prev, TH if t > 0 else H,
+                      cells + t * H, TH, hs + t * H, TH, tanh_cells + t * H, TH)
     # Backward's dWh needs every step's h_prev as one (N*T, H) matrix.
     for n in range(N):
         if h0 != NULL:
@@ -228,9 +553,108 @@ cdef int lstm_sequence_forward(
         else:
             memset(h_prevs + n * TH, 0, H * sizeof(floating))
         memcpy(h_prevs + n * TH + H, hs + n * TH, (T - 1) * H * sizeof(floating))
-    _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
-    _copy_rows(c_last, H, cells + (T - 1) * H, TH, N, H)
+    _copy_rows(_rows_out(a.h_last, first, H, kind), H, hs + (T - 1) * H, TH, N, H)
+    _copy_rows(_rows_out(a.c_last, first, H, kind), H, cells + (T - 1) * H, TH, N, H)
+
+
+cdef void _forward_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _forward_rows(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _forward_rows(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_t D,
+                         Py_ssize_t H, const Plan *plan, floating *kind) noexcept nogil:
+    memset(a, 0, sizeof(_SequenceArgs))
+    a.double_precision = floating is double
+    a.batch, a.steps, a.input_size, a.hidden_size = N, T, D, H
+    a.plan = plan[0]
+    a.plan.block = max(1, min(plan.block, N))
+    a.plan.threads = max(1, plan.threads)
+
+
+cdef int lstm_sequence_forward(
+    Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,
+    const floating *xs, Py_ssize_t xs_seq_stride, Py_ssize_t xs_step_stride,
+    const floating *Wx, const floating *Wh, const floating *b,
+    const floating *h0, const floating *c0,
+    floating *hs, floating *h_last, floating *c_last,
+    floating *gates, floating *cells, floating *tanh_cells, floating *h_prevs,
+    const Plan *plan, floating *recurrent,
+) noexcept nogil:
+    cdef _SequenceArgs a
+    if N == 0:
+        return 0
+    if not lstm_sequence_fits(N, T, D, H, max(xs_seq_stride, xs_step_stride)):
+        return -1
+    if T == 0:
+        _initial_state(N, H, h0, c0, h_last, c_last)
+        return 0
+    _sequence_args(&a, N, T, D, H, plan, recurrent)
+    a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
+    a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
+    a.hs, a.h_last, a.c_last = hs, h_last, c_last
+    a.gates, a.cells, a.tanh_cells, a.h_prevs = gates, cells, tanh_cells, h_prevs
+    a.recurrent = recurrent
+    lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _forward_task, &a)
     return 0
+
+
+cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    cdef Py_ssize_t D = a.input_size, H = a.hidden_size, T = a.steps
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, S = a.chunk_steps
+    cdef Py_ssize_t t, first_row, first, steps
+    cdef Py_ssize_t N = _block_rows(a, task, &first_row)
+    cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
+    cdef Py_ssize_t ldx = _step_ld(N, T, D, seq_stride, step_stride)
+    cdef const floating *xs = <const floating *> a.xs + first_row * seq_stride
+    cdef const floating *Wx = <const floating *> a.Wx
+    cdef const floating *Wh = <const floating *> a.Wh
+    cdef const floating *b = <const floating *> a.b
+    cdef const floating *h0 = _rows_in(a.h0, first_row, H, kind)
+    cdef floating *hs = _rows_out(a.hs, first_row, TH, kind)
+    cdef floating *h_last = _rows_out(a.h_last, first_row, H, kind)
+    cdef floating *c_last = _rows_out(a.c_last, first_row, H, kind)
+    # This block's share of the scratch: its rows of every chunk step.
+    cdef floating *chunk_gates = _rows_out(a.chunk_gates, first_row * S, G4, kind)
+    cdef floating *chunk_inputs = _rows_out(a.chunk_inputs, first_row * S, D, kind)
+    cdef floating *recurrent = _rows_out(a.recurrent, first_row, G4, kind)
+    cdef const floating *h_prev
+    # c lives in c_last from the start: each step updates it in place.
+    _initial_state(N, H, h0, _rows_in(a.c0, first_row, H, kind), h_last, c_last)
+    first = 0
+    while first < T:
+        steps = min(S, T - first)
+        # The chunk's gates are step-major, (steps, N, 4H): each step's rows are
+        # one contiguous block for its recurrent gemm and gate loop. One gemm
+        # projects the whole chunk when its (t, n) rows are evenly spaced and at
+        # least D apart (overlapping rows, such as sliding windows, are valid
+        # input that BLAS cannot take as a leading dimension).
+        if N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
+            _affine(N * steps, D, G4, xs + first * step_stride,
+                    seq_stride if N > 1 else ldx, Wx, 0, chunk_gates, G4)
+        else:                                                   # gather them, step-major
+            for t in range(steps):
+                _copy_rows(chunk_inputs + t * N * D, D, xs + (first + t) * step_stride,
+                           seq_stride, N, D)
+            _affine(N * steps, D, G4, chunk_inputs, D, Wx, 0, chunk_gates, G4)
+        for t in range(first, first + steps):
+            h_prev = hs + (t - 1) * H if t > 0 else h0
+            if h_prev != NULL:
+                lstm_recurrent(N, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H,
+                               Wh, chunk_gates + (t - first) * N * G4, G4, recurrent)
+            gates_forward(N, H, chunk_gates + (t - first) * N * G4, G4, b, c_last, H,
+                          c_last, H, hs + t * H, TH, <floating *> NULL, 0)
+        first += steps
+    _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
+
+
+cdef void _infer_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _infer_rows(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _infer_rows(<float *> NULL, <_SequenceArgs *> args, task)
 
 
 cdef int lstm_sequence_infer(
@@ -240,44 +664,101 @@ cdef int lstm_sequence_infer(
     const floating *h0, const floating *c0,
     floating *hs, floating *h_last, floating *c_last,
     floating *chunk_gates, floating *chunk_inputs, Py_ssize_t chunk_steps,
+    const Plan *plan, floating *recurrent,
 ) noexcept nogil:
-    cdef Py_ssize_t G4 = 4 * H, TH = T * H
-    cdef Py_ssize_t t, first, steps
-    cdef Py_ssize_t ldx = _step_ld(N, T, D, xs_seq_stride, xs_step_stride)
-    cdef const floating *h_prev
+    cdef _SequenceArgs a
     if N == 0:
         return 0
     if (not lstm_sequence_fits(N, T, D, H, max(xs_seq_stride, xs_step_stride))
             or chunk_steps < 1 or not blas_fits(N * chunk_steps)):
         return -1
-    # c lives in c_last from the start: each step updates it in place.
-    _initial_state(N, H, h0, c0, h_last, c_last)
     if T == 0:
+        _initial_state(N, H, h0, c0, h_last, c_last)
         return 0
-    first = 0
-    while first < T:
-        steps = min(chunk_steps, T - first)
-        # The chunk's gates are step-major, (steps, N, 4H): each step's rows are
-        # one contiguous block for its recurrent gemm and gate loop. One gemm
-        # projects the whole chunk when its (t, n) rows are evenly spaced and at
-        # least D apart (overlapping rows, such as sliding windows, are valid
-        # input that BLAS cannot take as a leading dimension).
-        if N == 1 or T == 1 or (xs_step_stride == N * xs_seq_stride and xs_seq_stride >= D):
-            _affine(N * steps, D, G4, xs + first * xs_step_stride,
-                    xs_seq_stride if N > 1 else ldx, Wx, 0, chunk_gates, G4)
-        else:                                                   # gather them, step-major
-            for t in range(steps):
-                _copy_rows(chunk_inputs + t * N * D, D, xs + (first + t) * xs_step_stride,
-                           xs_seq_stride, N, D)
-            _affine(N * steps, D, G4, chunk_inputs, D, Wx, 0, chunk_gates, G4)
-        for t in range(first, first + steps):
-            h_prev = hs + (t - 1) * H if t > 0 else h0
-            lstm_step_forward(N, D, H, <floating *> NULL, 0, h_prev, TH if t > 0 else H,
-                              c_last, H, Wx, Wh, b, chunk_gates + (t - first) * N * G4, G4,
-                              hs + t * H, TH, c_last, H, <floating *> NULL, 0)
-        first += steps
-    _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
+    _sequence_args(&a, N, T, D, H, plan, recurrent)
+    a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
+    a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
+    a.hs, a.h_last, a.c_last = hs, h_last, c_last
+    a.chunk_gates, a.chunk_inputs, a.chunk_steps = chunk_gates, chunk_inputs, chunk_steps
+    a.recurrent = recurrent
+    lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _infer_task, &a)
     return 0
+
+
+cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    """The time loop of one block: dA of every step, and dh0 / dc carried back."""
+    cdef Py_ssize_t H = a.hidden_size, T = a.steps
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
+    cdef Py_ssize_t first, t
+    cdef Py_ssize_t N = _block_rows(a, task, &first)
+    cdef const floating *dhs = <const floating *> a.dhs + first * a.dhs_seq_stride
+    cdef const floating *Wh = <const floating *> a.Wh
+    cdef const floating *c0 = _rows_in(a.c0, first, H, kind)
+    cdef const floating *gates = _rows_in(a.gates, first, TG, kind)
+    cdef const floating *cells = _rows_in(a.cells, first, TH, kind)
+    cdef const floating *tanh_cells = _rows_in(a.tanh_cells, first, TH, kind)
+    cdef floating *dA = _rows_out(a.dA, first, TG, kind)
+    cdef floating *dc_carry = _rows_out(a.dc_carry, first, H, kind)
+    cdef floating *dh0 = _rows_out(a.dh0, first, H, kind)
+    # dh0 carries dh from step t to step t - 1 (it ends as the gradient of h0),
+    # dc_carry likewise for dc.
+    for t in range(T - 1, -1, -1):
+        gates_backward(N, H, dhs + t * a.dhs_step_stride, a.dhs_seq_stride,
+                       dh0 if t < T - 1 else NULL, H,
+                       dc_carry if t < T - 1 else NULL, H,
+                       gates + t * G4, TG,
+                       cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
+                       tanh_cells + t * H, TH, dA + t * G4, TG, dc_carry, H)
+        if N == 1:
+            gemv_n(H, G4, 1, Wh, G4, dA + t * G4, 0, dh0)                 # dh = dA_t @ Wh.T
+        else:
+            gemm(c'n', c't', N, H, G4, 1, dA + t * G4, TG, Wh, G4, 0, dh0, H)  # dh = dA_t @ Wh.T
+
+
+cdef void _backward_rows_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _backward_rows(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _backward_rows(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _backward_products(floating *kind, const _SequenceArgs *a,
+                             ptrdiff_t task) noexcept nogil:
+    """Over all N*T stacked rows: a column block of dWx, dWh and db, or a row
+    block of dxs."""
+    cdef Py_ssize_t N = a.batch, T = a.steps, D = a.input_size, H = a.hidden_size
+    cdef Py_ssize_t G4 = 4 * H, TG = T * G4, M = N * T
+    cdef Py_ssize_t n, first, width
+    cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
+    cdef Py_ssize_t ldx = _step_ld(N, T, D, seq_stride, step_stride)
+    cdef const floating *xs = <const floating *> a.xs
+    cdef const floating *dA = <const floating *> a.dA
+    if task < a.column_tasks:
+        first = task * a.column_piece
+        width = min(a.column_piece, G4 - first)
+        if _evenly_spaced(N, T, seq_stride, step_stride):             # dWx = xs.T @ dA
+            gemm(c't', c'n', D, width, M, 1, xs, ldx, dA + first, G4, 0,
+                 <floating *> a.dWx + first, G4)
+        else:                                                         # dWx += xs[n].T @ dA[n]
+            for n in range(N):
+                gemm(c't', c'n', D, width, T, 1, xs + n * seq_stride, step_stride,
+                     dA + n * TG + first, G4, 0 if n == 0 else 1,
+                     <floating *> a.dWx + first, G4)
+        gemm(c't', c'n', H, width, M, 1, <const floating *> a.h_prevs, H,   # dWh = h_prevs.T @ dA
+             dA + first, G4, 0, <floating *> a.dWh + first, G4)
+        column_sums(M, width, dA + first, G4, <floating *> a.db + first)    # db = dA.sum(0)
+    else:
+        first = (task - a.column_tasks) * a.row_piece
+        width = min(a.row_piece, M - first)
+        gemm(c'n', c't', width, D, G4, 1, dA + first * G4, G4,            # dxs = dA @ Wx.T
+             <const floating *> a.Wx, G4, 0, <floating *> a.dxs + first * D, D)
+
+
+cdef void _backward_products_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _backward_products(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _backward_products(<float *> NULL, <_SequenceArgs *> args, task)
 
 
 cdef int lstm_sequence_backward(
@@ -290,10 +771,11 @@ cdef int lstm_sequence_backward(
     floating *dA, floating *dc_carry,
     floating *dxs, floating *dh0,
     floating *dWx, floating *dWh, floating *db,
+    const Plan *plan,
 ) noexcept nogil:
-    cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4, M = N * T
-    cdef Py_ssize_t t, n
-    cdef Py_ssize_t ldx = _step_ld(N, T, D, xs_seq_stride, xs_step_stride)
+    cdef Py_ssize_t G4 = 4 * H, M = N * T
+    cdef Py_ssize_t parts
+    cdef _SequenceArgs a
     if not lstm_sequence_fits(N, T, D, H, max(max(xs_seq_stride, xs_step_stride),
                                               max(dhs_seq_stride, dhs_step_stride))):
         return -1
@@ -303,27 +785,20 @@ cdef int lstm_sequence_backward(
         memset(db, 0, G4 * sizeof(floating))
         memset(dh0, 0, N * H * sizeof(floating))
         return 0
-    # dh0 carries dh from step t to step t - 1 (it ends as the gradient of h0),
-    # dc_carry likewise for dc.
-    for t in range(T - 1, -1, -1):
-        gates_backward(N, H, dhs + t * dhs_step_stride, dhs_seq_stride,
-                            dh0 if t < T - 1 else NULL, H,
-                            dc_carry if t < T - 1 else NULL, H,
-                            gates + t * G4, TG,
-                            cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
-                            tanh_cells + t * H, TH, dA + t * G4, TG, dc_carry, H)
-        if N == 1:
-            gemv_n(H, G4, 1, Wh, G4, dA + t * G4, 0, dh0)                 # dh = dA_t @ Wh.T
-        else:
-            gemm(c'n', c't', N, H, G4, 1, dA + t * G4, TG, Wh, G4, 0, dh0, H)  # dh = dA_t @ Wh.T
-    # All steps at once, over the N*T stacked rows:
-    if _evenly_spaced(N, T, xs_seq_stride, xs_step_stride):
-        gemm(c't', c'n', D, G4, M, 1, xs, ldx, dA, G4, 0, dWx, G4)        # dWx = xs.T @ dA
-    else:
-        for n in range(N):                                                # dWx += xs[n].T @ dA[n]
-            gemm(c't', c'n', D, G4, T, 1, xs + n * xs_seq_stride, xs_step_stride,
-                 dA + n * TG, G4, 0 if n == 0 else 1, dWx, G4)
-    gemm(c't', c'n', H, G4, M, 1, h_prevs, H, dA, G4, 0, dWh, G4)         # dWh = h_prevs.T @ dA
-    column_sums(M, G4, dA, G4, db)                                       # db = dA.sum(0)
-    gemm(c'n', c't', M, D, G4, 1, dA, G4, Wx, G4, 0, dxs, D)              # dxs = dA @ Wx.T
+    _sequence_args(&a, N, T, D, H, plan, dA)
+    a.dhs, a.dhs_seq_stride, a.dhs_step_stride = dhs, dhs_seq_stride, dhs_step_stride
+    a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
+    a.Wx, a.Wh, a.c0 = Wx, Wh, c0
+    a.gates, a.cells, a.tanh_cells, a.h_prevs = gates, cells, tanh_cells, h_prevs
+    a.dA, a.dc_carry, a.dxs, a.dh0 = dA, dc_carry, dxs, dh0
+    a.dWx, a.dWh, a.db = dWx, dWh, db
+    lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _backward_rows_task, &a)
+    # Then the products over all steps: one column block of the weight
+    # gradients and one row block of dxs per thread.
+    parts = a.plan.threads
+    a.column_piece = _ceil_div(_ceil_div(G4, parts), 16) * 16
+    a.column_tasks = _ceil_div(G4, a.column_piece)
+    a.row_piece = _ceil_div(M, parts)
+    lstmc_parallel(a.plan.threads, a.column_tasks + _ceil_div(M, a.row_piece),
+                   _backward_products_task, &a)
     return 0

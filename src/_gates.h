@@ -315,4 +315,25 @@ LSTMC_CLONES static void NAME(ptrdiff_t M, ptrdiff_t N, const T *x,             
 LSTMC_OUTER(lstmc_outer_f, float)
 LSTMC_OUTER(lstmc_outer_d, double)
 
+/* IN/OUT G (N, M, ldg) += R.T, R (M, N, ldr): the recurrent product when BLAS
+ * wrote it gate-major. Eight rows of G at a time, so that R is read in runs. */
+#define LSTMC_ADD_T(NAME, T)                                                          \
+LSTMC_CLONES static void NAME(ptrdiff_t N, ptrdiff_t M, const T *restrict R,          \
+                              ptrdiff_t ldr, T *restrict G, ptrdiff_t ldg)            \
+{                                                                                     \
+    ptrdiff_t n0 = 0;                                                                 \
+    for (; n0 + 8 <= N; n0 += 8) {                                                    \
+        for (ptrdiff_t j = 0; j < M; j++) {                                           \
+            const T *r = R + j * ldr + n0;                                            \
+            T *g = G + n0 * ldg + j;                                                  \
+            for (ptrdiff_t k = 0; k < 8; k++) g[k * ldg] += r[k];                     \
+        }                                                                             \
+    }                                                                                 \
+    for (ptrdiff_t n = n0; n < N; n++)                                                \
+        for (ptrdiff_t j = 0; j < M; j++) G[n * ldg + j] += R[j * ldr + n];           \
+}
+
+LSTMC_ADD_T(lstmc_add_transposed_f, float)
+LSTMC_ADD_T(lstmc_add_transposed_d, double)
+
 #endif /* LSTMC_GATES_H */

@@ -31,6 +31,10 @@ cdef extern from "_gates.h" nogil:
     void lstmc_colsum_d(Py_ssize_t N, Py_ssize_t M, const double *X, Py_ssize_t ldx, double *out)
     void lstmc_outer_f(Py_ssize_t M, Py_ssize_t N, const float *x, const float *y, float *A)
     void lstmc_outer_d(Py_ssize_t M, Py_ssize_t N, const double *x, const double *y, double *A)
+    void lstmc_add_transposed_f(Py_ssize_t N, Py_ssize_t M, const float *R, Py_ssize_t ldr,
+                                float *G, Py_ssize_t ldg)
+    void lstmc_add_transposed_d(Py_ssize_t N, Py_ssize_t M, const double *R, Py_ssize_t ldr,
+                                double *G, Py_ssize_t ldg)
 
 
 cdef inline void gates_forward(
@@ -79,3 +83,12 @@ cdef inline void outer(Py_ssize_t M, Py_ssize_t N, const floating *x, const floa
         lstmc_outer_f(M, N, x, y, A)
     else:
         lstmc_outer_d(M, N, x, y, A)
+
+
+cdef inline void add_transposed(Py_ssize_t N, Py_ssize_t M, const floating *R, Py_ssize_t ldr,
+                                floating *G, Py_ssize_t ldg) noexcept nogil:
+    """G (N, M) += R.T, R (M, N)."""
+    if floating is float:
+        lstmc_add_transposed_f(N, M, R, ldr, G, ldg)
+    else:
+        lstmc_add_transposed_d(N, M, R, ldr, G, ldg)

@@ -1,0 +1,329 @@
+/*
+ * lstmc's threads: a small pool of sleeping workers, and the bracket every
+ * numeric call runs in.
+ *
+ * Why its own pool: lstmc runs inside NumPy programs whose OpenBLAS pools spin
+ * after each call and share the cores. Splitting every per-step product across
+ * threads (what BLAS's own threads do) puts a barrier in every step, so one
+ * slow or descheduled thread stalls them all. lstmc instead splits a call into
+ * coarse tasks (whole rows of the batch for every step, whole column blocks of
+ * a weight gradient), which idle workers claim one at a time: a slow worker
+ * costs its share, not a stall per step.
+ *
+ * The rules:
+ *  - Workers sleep on a condition variable; nothing spins.
+ *  - At most `limit` threads (lstmc_set_threads) run lstmc work at once, over
+ *    every Python thread calling lstmc: a call waits for a slot for its own
+ *    thread (lstmc_call_begin), and takes helper slots only while free.
+ *  - While any lstmc call runs, SciPy's OpenBLAS runs one thread per caller
+ *    (its count is set to 1 and restored when the last call ends), so BLAS
+ *    never adds threads of its own. Found by dlsym in the library that holds
+ *    SciPy's sgemm; if it is not OpenBLAS, its threads are left alone.
+ *  - Task boundaries depend on the sizes and the thread limit only, never on
+ *    which thread runs a task: results are bit-identical run to run.
+ *  - After fork, the child starts with no workers (they did not survive) and
+ *    free slots; workers are made again on first use.
+ * Workers never touch Python, so interpreter exit does not wait for them.
+ */
+#ifndef LSTMC_POOL_H
+#define LSTMC_POOL_H
+
+#include <stddef.h>
+
+typedef void (*lstmc_task_fn)(void *ctx, ptrdiff_t task);
+
+#if defined(_WIN32)
+
+/* No pool on Windows: every call runs on its caller's thread. */
+static int lstmc_limit = 1;
+static void lstmc_call_begin(int pin) { (void) pin; }
+static void lstmc_call_end(int pin) { (void) pin; }
+static void lstmc_set_threads(int n) { lstmc_limit = n < 1 ? 1 : n; }
+static int lstmc_get_threads(void) { return __atomic_load_n(&lstmc_limit, __ATOMIC_SEQ_CST); }
+static int lstmc_pool_workers(void) { return 0; }
+static int lstmc_bind_blas(const void *sym) { (void) sym; return 0; }
+static int lstmc_blas_threads_now(void) { return -1; }
+static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void *ctx)
+{
+    (void) threads;
+    for (ptrdiff_t i = 0; i < ntasks; i++) fn(ctx, i);
+}
+
+#else
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#define LSTMC_MAX_WORKERS 256
+
+typedef struct lstmc_job {
+    lstmc_task_fn fn;
+    void *ctx;
+    ptrdiff_t ntasks;
+    ptrdiff_t next;          /* the next task to claim (atomic) */
+    int active;              /* helpers that took the job and have not finished */
+} lstmc_job;
+
+typedef struct lstmc_worker {
+    pthread_t thread;
+    pthread_cond_t wake;
+    lstmc_job *job;          /* set by a caller; NULL while idle */
+    int started;             /* took `job` (it can no longer be revoked) */
+} lstmc_worker;
+
+static pthread_mutex_t lstmc_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t lstmc_slot_free = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t lstmc_job_done = PTHREAD_COND_INITIALIZER;
+static lstmc_worker *lstmc_workers[LSTMC_MAX_WORKERS];
+static int lstmc_nworkers = 0;
+static int lstmc_limit = 1;          /* threads lstmc may run at once */
+static int lstmc_busy = 0;           /* slots taken: callers and helpers (atomic) */
+static int lstmc_waiting = 0;        /* callers waiting for a slot (atomic) */
+static int lstmc_calls = 0;          /* pinned calls between begin and end */
+static int lstmc_atfork_set = 0;
+
+/* SciPy's OpenBLAS thread count, pinned to 1 while calls run. */
+static void (*lstmc_blas_set)(int) = NULL;
+static int (*lstmc_blas_get)(void) = NULL;
+static int lstmc_blas_saved = 0;     /* the count to restore; 0: nothing to restore */
+
+static void lstmc_run_tasks(lstmc_job *job)
+{
+    for (;;) {
+        ptrdiff_t i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (i >= job->ntasks) return;
+        job->fn(job->ctx, i);
+    }
+}
+
+static void *lstmc_worker_main(void *arg)
+{
+    lstmc_worker *w = (lstmc_worker *) arg;
+    pthread_mutex_lock(&lstmc_mu);
+    for (;;) {
+        while (w->job == NULL) pthread_cond_wait(&w->wake, &lstmc_mu);
+        lstmc_job *job = w->job;
+        w->started = 1;
+        pthread_mutex_unlock(&lstmc_mu);
+        lstmc_run_tasks(job);
+        pthread_mutex_lock(&lstmc_mu);
+        w->job = NULL;
+        w->started = 0;
+        if (--job->active == 0) pthread_cond_broadcast(&lstmc_job_done);
+    }
+    return NULL;
+}
+
+static void lstmc_after_fork_child(void)
+{
+    /* One thread survives a fork: the workers and other threads' calls are gone.
+     * The old workers' memory is left as it is (a few hundred bytes). */
+    pthread_mutex_init(&lstmc_mu, NULL);
+    pthread_cond_init(&lstmc_slot_free, NULL);
+    pthread_cond_init(&lstmc_job_done, NULL);
+    lstmc_nworkers = 0;
+    lstmc_busy = 0;
+    lstmc_waiting = 0;
+    lstmc_calls = 0;
+    /* A count pinned by a call of another thread stays pinned in the child
+     * until its next lstmc call ends (lstmc_blas_saved is kept for that). */
+}
+
+static void lstmc_before_fork(void) { pthread_mutex_lock(&lstmc_mu); }
+static void lstmc_after_fork_parent(void) { pthread_mutex_unlock(&lstmc_mu); }
+
+/* An idle worker, made if needed; NULL when none can be made. Under lstmc_mu. */
+static lstmc_worker *lstmc_idle_worker(void)
+{
+    for (int i = 0; i < lstmc_nworkers; i++)
+        if (lstmc_workers[i]->job == NULL) return lstmc_workers[i];
+    if (lstmc_nworkers >= LSTMC_MAX_WORKERS) return NULL;
+    if (!lstmc_atfork_set) {
+        if (pthread_atfork(lstmc_before_fork, lstmc_after_fork_parent,
+                           lstmc_after_fork_child) != 0)
+            return NULL;
+        lstmc_atfork_set = 1;
+    }
+    lstmc_worker *w = (lstmc_worker *) calloc(1, sizeof(lstmc_worker));
+    if (w == NULL) return NULL;
+    pthread_cond_init(&w->wake, NULL);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int failed = pthread_create(&w->thread, &attr, lstmc_worker_main, w);
+    pthread_attr_destroy(&attr);
+    if (failed) {
+        pthread_cond_destroy(&w->wake);
+        free(w);
+        return NULL;
+    }
+    lstmc_workers[lstmc_nworkers++] = w;
+    return w;
+}
+
+/* Takes a slot when one is free, without the lock (the common case). */
+static int lstmc_try_slot(void)
+{
+    int busy = __atomic_load_n(&lstmc_busy, __ATOMIC_SEQ_CST);
+    while (busy < __atomic_load_n(&lstmc_limit, __ATOMIC_SEQ_CST)) {
+        if (__atomic_compare_exchange_n(&lstmc_busy, &busy, busy + 1, 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return 1;
+    }
+    return 0;
+}
+
+static void lstmc_free_slots(int n)
+{
+    __atomic_fetch_sub(&lstmc_busy, n, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&lstmc_waiting, __ATOMIC_SEQ_CST) > 0) {
+        pthread_mutex_lock(&lstmc_mu);
+        pthread_cond_broadcast(&lstmc_slot_free);
+        pthread_mutex_unlock(&lstmc_mu);
+    }
+}
+
+/* Waits for a slot for the calling thread. With pin (a call large enough for
+ * BLAS to use threads), holds SciPy's BLAS at one thread until the last pinned
+ * call ends. */
+static void lstmc_call_begin(int pin)
+{
+    if (!lstmc_try_slot()) {
+        pthread_mutex_lock(&lstmc_mu);
+        __atomic_fetch_add(&lstmc_waiting, 1, __ATOMIC_SEQ_CST);
+        while (!lstmc_try_slot()) pthread_cond_wait(&lstmc_slot_free, &lstmc_mu);
+        __atomic_fetch_sub(&lstmc_waiting, 1, __ATOMIC_SEQ_CST);
+        pthread_mutex_unlock(&lstmc_mu);
+    }
+    if (pin && lstmc_blas_get != NULL) {
+        pthread_mutex_lock(&lstmc_mu);
+        if (lstmc_calls++ == 0) {
+            int now = lstmc_blas_get();
+            if (now != 1) {
+                lstmc_blas_set(1);
+                lstmc_blas_saved = now;
+            }
+        }
+        pthread_mutex_unlock(&lstmc_mu);
+    }
+}
+
+/* Frees the slot; the last pinned call to end restores SciPy's BLAS count. */
+static void lstmc_call_end(int pin)
+{
+    if (pin && lstmc_blas_get != NULL) {
+        pthread_mutex_lock(&lstmc_mu);
+        if (--lstmc_calls == 0 && lstmc_blas_saved > 0) {
+            lstmc_blas_set(lstmc_blas_saved);
+            lstmc_blas_saved = 0;
+        }
+        pthread_mutex_unlock(&lstmc_mu);
+    }
+    lstmc_free_slots(1);
+}
+
+/*
+ * fn(ctx, i) for every i in [0, ntasks), each once, on the calling thread and on
+ * up to threads - 1 workers while slots are free. Returns when all are done.
+ * Called between lstmc_call_begin and lstmc_call_end.
+ */
+static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void *ctx)
+{
+    lstmc_job job;
+    lstmc_worker *helpers[LSTMC_MAX_WORKERS];
+    int n = 0, want = threads - 1;
+    if (want > ntasks - 1) want = (int) (ntasks - 1);
+    job.fn = fn;
+    job.ctx = ctx;
+    job.ntasks = ntasks;
+    job.next = 0;
+    job.active = 0;
+    if (want > 0) {
+        pthread_mutex_lock(&lstmc_mu);
+        while (n < want && lstmc_try_slot()) {
+            lstmc_worker *w = lstmc_idle_worker();
+            if (w == NULL) {
+                __atomic_fetch_sub(&lstmc_busy, 1, __ATOMIC_SEQ_CST);
+                break;
+            }
+            w->job = &job;
+            helpers[n++] = w;
+            job.active++;
+            pthread_cond_signal(&w->wake);
+        }
+        pthread_mutex_unlock(&lstmc_mu);
+    }
+    lstmc_run_tasks(&job);
+    if (n == 0) return;
+    pthread_mutex_lock(&lstmc_mu);
+    /* Every task has been claimed: helpers that have not woken yet are not
+     * waited for, only those running a task. */
+    for (int i = 0; i < n; i++) {
+        if (helpers[i]->job == &job && !helpers[i]->started) {
+            helpers[i]->job = NULL;
+            job.active--;
+        }
+    }
+    while (job.active > 0) pthread_cond_wait(&lstmc_job_done, &lstmc_mu);
+    pthread_mutex_unlock(&lstmc_mu);
+    lstmc_free_slots(n);
+}
+
+static void lstmc_set_threads(int n)
+{
+    pthread_mutex_lock(&lstmc_mu);
+    __atomic_store_n(&lstmc_limit, n < 1 ? 1 : n, __ATOMIC_SEQ_CST);
+    pthread_cond_broadcast(&lstmc_slot_free);
+    pthread_mutex_unlock(&lstmc_mu);
+}
+
+static int lstmc_get_threads(void) { return __atomic_load_n(&lstmc_limit, __ATOMIC_SEQ_CST); }
+
+static int lstmc_pool_workers(void)
+{
+    pthread_mutex_lock(&lstmc_mu);
+    int n = lstmc_nworkers;
+    pthread_mutex_unlock(&lstmc_mu);
+    return n;
+}
+
+/* Finds the thread-count functions of the OpenBLAS that holds `sym` (SciPy's
+ * sgemm). Returns 1 when found. */
+static int lstmc_bind_blas(const void *sym)
+{
+    static const char *const setters[] = {
+        "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+        "openblas_set_num_threads", "openblas_set_num_threads64_"};
+    static const char *const getters[] = {
+        "scipy_openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+        "openblas_get_num_threads", "openblas_get_num_threads64_"};
+    Dl_info info;
+    if (sym == NULL || dladdr(sym, &info) == 0 || info.dli_fname == NULL) return 0;
+    void *lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (lib == NULL) return 0;
+    for (size_t i = 0; i < sizeof setters / sizeof setters[0]; i++) {
+        void *set = dlsym(lib, setters[i]), *get = dlsym(lib, getters[i]);
+        if (set != NULL && get != NULL) {
+            pthread_mutex_lock(&lstmc_mu);
+            *(void **) &lstmc_blas_set = set;
+            *(void **) &lstmc_blas_get = get;
+            pthread_mutex_unlock(&lstmc_mu);
+            return 1;   /* the library stays loaded: SciPy holds it */
+        }
+    }
+    dlclose(lib);
+    return 0;
+}
+
+/* SciPy's BLAS thread count now (-1: unknown). */
+static int lstmc_blas_threads_now(void)
+{
+    return lstmc_blas_get != NULL ? lstmc_blas_get() : -1;
+}
+
+#endif
+#endif
