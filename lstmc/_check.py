@@ -258,7 +258,42 @@ def build_info():
     rows.append(("scipy", scipy.__version__))
     for k, line in enumerate(_blas_lines()):
         rows.append(("BLAS" if k == 0 else "", line))
+    rows.append(("threads", _threads_line()))
     return rows
+
+
+# The sequence shapes whose plans the self-check prints: the benchmark's.
+PLAN_SHAPES = ((1, 1000, 64, 64), (32, 50, 128, 128), (64, 50, 512, 512), (128, 29, 16, 128))
+
+
+def _threads_line():
+    from lstmc import _threads, _work
+
+    pool = _work.pool()
+    blas = ("SciPy's BLAS held at 1 thread during calls" if pool["blas_bound"]
+            else "SciPy's BLAS is not OpenBLAS: its threads are left alone")
+    source = ("%s=%s" % (_threads.ENV_VAR, os.environ[_threads.ENV_VAR])
+              if os.environ.get(_threads.ENV_VAR) else "the cores this process may use")
+    return "lstmc %d (%s); %s" % (pool["threads"], source, blas)
+
+
+def plan_lines(shapes=PLAN_SHAPES, dtype=np.float32):
+    """One line per (N, T, D, H): the plan a TimeLSTM call of that shape runs on here
+    (measuring the recurrent product's orientation if this process has not yet)."""
+    from lstmc import _work
+
+    lines = []
+    for shape in shapes:
+        plan = _work.plan_for(*shape, dtype=dtype)
+        text = "%d thread%s, split by %s" % (plan["threads"], "" if plan["threads"] == 1
+                                            else "s", plan["split"])
+        if "block" in plan:
+            text += " (%d task%s of %d rows)" % (plan["tasks"], "" if plan["tasks"] == 1 else "s",
+                                                plan["block"])
+        lines.append("(%s) %s: %s; recurrent product %s"
+                     % (",".join(map(str, shape)), np.dtype(dtype).name, text,
+                        plan["recurrent"]))
+    return lines
 
 
 # --------------------------------------------------------------------------- main
@@ -280,6 +315,8 @@ def main(argv=None, out=None):
     say("lstmc self-check")
     for key, value in build_info():
         say("  %-9s %s" % (key, value))
+    for k, line in enumerate(plan_lines()):
+        say("  %-9s %s" % ("plans" if k == 0 else "", line))
     say()
     checks = _checks()
     failed = 0

@@ -79,3 +79,15 @@ def threads(n):
 
 
 set_num_threads(default_threads())
+
+
+@contextlib.contextmanager
+def scipy_blas_threads(n):
+    """SciPy's BLAS at n threads inside the block (the benchmark's floor at n=1);
+    does nothing where lstmc cannot set it (not OpenBLAS)."""
+    before = _work.set_scipy_blas_threads(n)
+    try:
+        yield
+    finally:
+        if before > 0:
+            _work.set_scipy_blas_threads(before)

@@ -32,6 +32,8 @@ cdef struct Plan:
     Py_ssize_t block            # rows of the batch per task, >= 1
     bint recurrent_by_rows      # the recurrent product issued with BLAS's m = rows
                                 # (gate-major, added in by a loop), else m = 4H
+    bint by_units               # the batch whole, each step a round of tasks over
+                                # slices of the H units (block and orientation unused)
 
 
 # lstmc's threads (_pool.h). Every numeric call runs between lstm_call_begin,
@@ -45,6 +47,7 @@ cdef int lstm_get_threads() noexcept nogil
 cdef int lstm_pool_workers() noexcept nogil          # worker threads made so far
 cdef int lstm_blas_threads() noexcept nogil          # SciPy's BLAS count now, -1 unknown
 cdef bint lstm_blas_bound() noexcept nogil           # lstmc can pin SciPy's BLAS
+cdef int lstm_blas_set_threads(int n) noexcept nogil  # returns the count before, -1
 
 
 # True when a kernel accepts these sizes; largest_ld is the largest leading

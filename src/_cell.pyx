@@ -26,7 +26,8 @@ from libc.string cimport memcpy, memset
 
 from _blas cimport blas_fits, gemm, gemv_t, gemv_n
 from scipy.linalg.cython_blas cimport sgemm
-from _gates cimport gates_forward, gates_backward, column_sums, outer, add_transposed
+from _gates cimport (gates_forward, gates_backward, gates_forward_units, gates_backward_units,
+                     column_sums, outer, add_transposed)
 from libc.stddef cimport ptrdiff_t
 
 cdef extern from "_pool.h" nogil:
@@ -39,6 +40,7 @@ cdef extern from "_pool.h" nogil:
     int lstmc_pool_workers()
     int lstmc_bind_blas(const void *sym)
     int lstmc_blas_threads_now()
+    int lstmc_blas_set_threads(int n)
 
 # --------------------------------------------------------------- threads
 
@@ -71,6 +73,10 @@ cdef int lstm_blas_threads() noexcept nogil:
 
 cdef bint lstm_blas_bound() noexcept nogil:
     return _blas_bound
+
+
+cdef int lstm_blas_set_threads(int n) noexcept nogil:
+    return lstmc_blas_set_threads(n)
 
 
 # ------------------------------------------------------------ size rules
@@ -470,6 +476,16 @@ cdef struct _SequenceArgs:
     void *dWh
     void *db
     Py_ssize_t column_piece, row_piece, column_tasks   # the backward's second phase
+    Py_ssize_t unit_piece, step                        # plan.by_units: a round per step
+    Py_ssize_t rows, row_spacing                       # by_units: rows being projected
+    # by_units, the forward: the step a round runs, each matrix with its ld
+    void *step_gates
+    const void *step_h_prev
+    const void *step_c_prev
+    void *step_h_next
+    void *step_c_next
+    void *step_tanh_c
+    Py_ssize_t ld_gates, ld_h_prev, ld_c_prev, ld_h_next, ld_c_next
 
 
 cdef inline const floating *_rows_in(const void *p, Py_ssize_t first, Py_ssize_t width,
@@ -572,6 +588,153 @@ cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_
     a.plan = plan[0]
     a.plan.block = max(1, min(plan.block, N))
     a.plan.threads = max(1, plan.threads)
+    a.plan.by_units = plan.by_units and a.plan.threads > 1
+    a.unit_piece = _ceil_div(_ceil_div(H, a.plan.threads), 16) * 16
+
+
+# By units (plan.by_units): for large H the batch is not split; every step runs
+# as a round of tasks over slices of the H units, each computing its slice of
+# the four gates' products and the gate loop for it. A round per step costs a
+# wake-up per step, small beside such a step; the products by slices read each
+# slice of Wh on one thread only.
+
+cdef void _project_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    """gates (rows, 4H) = x @ Wx for this task's share of rows first_row .. of the
+    (N*T, D) stacked inputs (evenly spaced, see _evenly_spaced) into a.gates."""
+    cdef Py_ssize_t D = a.input_size, G4 = 4 * a.hidden_size
+    cdef Py_ssize_t piece = _ceil_div(a.rows, a.plan.threads)
+    cdef Py_ssize_t first = task * piece
+    cdef Py_ssize_t width = min(piece, a.rows - first)
+    cdef Py_ssize_t ld = a.row_spacing
+    if width > 0:
+        _affine(width, D, G4, <const floating *> a.xs + first * ld, ld,
+                <const floating *> a.Wx, 0, <floating *> a.gates + first * G4, G4)
+
+
+cdef void _project_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _project_rows(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _project_rows(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _project(_SequenceArgs *a, const void *xs, Py_ssize_t row_spacing,
+                   Py_ssize_t rows, void *out) noexcept nogil:
+    """out (rows, 4H) = the rows of xs (`row_spacing` apart) @ Wx, on plan.threads."""
+    cdef _SequenceArgs p = a[0]
+    p.xs, p.row_spacing, p.rows, p.gates = xs, row_spacing, rows, out
+    lstmc_parallel(p.plan.threads, p.plan.threads, _project_task, &p)
+
+
+cdef void _step_units(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    """The step set in a.step_*, units j0 .. j0 + width: their four gates'
+    recurrent products and the gate loop."""
+    cdef Py_ssize_t N = a.batch, H = a.hidden_size, G4 = 4 * H
+    cdef Py_ssize_t j0 = task * a.unit_piece
+    cdef Py_ssize_t width = min(a.unit_piece, H - j0)
+    cdef Py_ssize_t ldg = a.ld_gates
+    cdef Py_ssize_t g
+    cdef floating *gates = <floating *> a.step_gates
+    cdef const floating *h_prev = <const floating *> a.step_h_prev
+    cdef const floating *Wh = <const floating *> a.Wh
+    if h_prev != NULL:
+        for g in range(4):
+            if N == 1:
+                gemv_t(H, width, 1, Wh + g * H + j0, G4, h_prev, 1, gates + g * H + j0)
+            else:
+                gemm(c'n', c'n', N, width, H, 1, h_prev, a.ld_h_prev, Wh + g * H + j0, G4, 1,
+                     gates + g * H + j0, ldg)
+    gates_forward_units(N, width, H, gates + j0, ldg, <const floating *> a.b + j0,
+                        _at(a.step_c_prev, j0, kind), a.ld_c_prev,
+                        <floating *> a.step_c_next + j0, a.ld_c_next,
+                        <floating *> a.step_h_next + j0, a.ld_h_next,
+                        _at_out(a.step_tanh_c, j0, kind), a.ld_c_next)
+
+
+cdef void _step_units_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _step_units(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _step_units(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _run_step(_SequenceArgs *a, floating *gates, Py_ssize_t ldg,
+                    const floating *h_prev, Py_ssize_t ldh,
+                    const floating *c_prev, Py_ssize_t ldc,
+                    floating *h_next, Py_ssize_t ldhn,
+                    floating *c_next, floating *tanh_c, Py_ssize_t ldcn) noexcept nogil:
+    """One step by units on plan.threads. c_next may be c_prev (the same ld);
+    tanh_c, if any, has c_next's ld."""
+    a.step_gates, a.ld_gates, a.step_h_prev, a.ld_h_prev = gates, ldg, h_prev, ldh
+    a.step_c_prev, a.ld_c_prev, a.step_h_next, a.ld_h_next = c_prev, ldc, h_next, ldhn
+    a.step_c_next, a.step_tanh_c, a.ld_c_next = c_next, tanh_c, ldcn
+    lstmc_parallel(a.plan.threads, _ceil_div(a.hidden_size, a.unit_piece),
+                   _step_units_task, a)
+
+
+cdef void _forward_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
+    cdef Py_ssize_t N = a.batch, T = a.steps, D = a.input_size, H = a.hidden_size
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
+    cdef Py_ssize_t n, t
+    cdef const floating *xs = <const floating *> a.xs
+    cdef const floating *h0 = <const floating *> a.h0
+    cdef const floating *c0 = <const floating *> a.c0
+    cdef floating *hs = <floating *> a.hs
+    cdef floating *gates = <floating *> a.gates
+    cdef floating *cells = <floating *> a.cells
+    cdef floating *tanh_cells = <floating *> a.tanh_cells
+    cdef floating *h_prevs = <floating *> a.h_prevs
+    if _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
+        _project(a, xs, _step_ld(N, T, D, a.xs_seq_stride, a.xs_step_stride), N * T, gates)
+    else:
+        for n in range(N):
+            _project(a, xs + n * a.xs_seq_stride, a.xs_step_stride, T, gates + n * TG)
+    for t in range(T):
+        _run_step(a, gates + t * G4, TG,
+                  hs + (t - 1) * H if t > 0 else h0, TH if t > 0 else H,
+                  cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
+                  hs + t * H, TH, cells + t * H, tanh_cells + t * H, TH)
+    for n in range(N):
+        if h0 != NULL:
+            memcpy(h_prevs + n * TH, h0 + n * H, H * sizeof(floating))
+        else:
+            memset(h_prevs + n * TH, 0, H * sizeof(floating))
+        memcpy(h_prevs + n * TH + H, hs + n * TH, (T - 1) * H * sizeof(floating))
+    _copy_rows(<floating *> a.h_last, H, hs + (T - 1) * H, TH, N, H)
+    _copy_rows(<floating *> a.c_last, H, cells + (T - 1) * H, TH, N, H)
+
+
+cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
+    cdef Py_ssize_t N = a.batch, T = a.steps, D = a.input_size, H = a.hidden_size
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, S = a.chunk_steps
+    cdef Py_ssize_t t, first, steps
+    cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
+    cdef const floating *xs = <const floating *> a.xs
+    cdef const floating *h0 = <const floating *> a.h0
+    cdef floating *hs = <floating *> a.hs
+    cdef floating *h_last = <floating *> a.h_last
+    cdef floating *c_last = <floating *> a.c_last
+    cdef floating *chunk_gates = <floating *> a.chunk_gates
+    cdef floating *chunk_inputs = <floating *> a.chunk_inputs
+    _initial_state(N, H, h0, <const floating *> a.c0, h_last, c_last)
+    first = 0
+    while first < T:
+        steps = min(S, T - first)
+        if N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
+            _project(a, xs + first * step_stride,
+                     seq_stride if N > 1 else _step_ld(N, T, D, seq_stride, step_stride),
+                     N * steps, chunk_gates)
+        else:
+            for t in range(steps):
+                _copy_rows(chunk_inputs + t * N * D, D, xs + (first + t) * step_stride,
+                           seq_stride, N, D)
+            _project(a, chunk_inputs, D, N * steps, chunk_gates)
+        for t in range(first, first + steps):
+            _run_step(a, chunk_gates + (t - first) * N * G4, G4,
+                      hs + (t - 1) * H if t > 0 else h0, TH if t > 0 else H,
+                      c_last, H, hs + t * H, TH, c_last, <floating *> NULL, H)
+        first += steps
+    _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
 
 
 cdef int lstm_sequence_forward(
@@ -597,7 +760,10 @@ cdef int lstm_sequence_forward(
     a.hs, a.h_last, a.c_last = hs, h_last, c_last
     a.gates, a.cells, a.tanh_cells, a.h_prevs = gates, cells, tanh_cells, h_prevs
     a.recurrent = recurrent
-    lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _forward_task, &a)
+    if a.plan.by_units:
+        _forward_by_units(recurrent, &a)
+    else:
+        lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _forward_task, &a)
     return 0
 
 
@@ -681,7 +847,10 @@ cdef int lstm_sequence_infer(
     a.hs, a.h_last, a.c_last = hs, h_last, c_last
     a.chunk_gates, a.chunk_inputs, a.chunk_steps = chunk_gates, chunk_inputs, chunk_steps
     a.recurrent = recurrent
-    lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _infer_task, &a)
+    if a.plan.by_units:
+        _infer_by_units(recurrent, &a)
+    else:
+        lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _infer_task, &a)
     return 0
 
 
@@ -720,6 +889,46 @@ cdef void _backward_rows_task(void *args, ptrdiff_t task) noexcept nogil:
         _backward_rows(<double *> NULL, <_SequenceArgs *> args, task)
     else:
         _backward_rows(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _backward_units(floating *kind, const _SequenceArgs *a,
+                          ptrdiff_t task) noexcept nogil:
+    """Step a.step of the backward's time loop, units j0 .. j0 + width: their dh
+    (from step + 1's dA, or at step -1 the gradient of h0), then their gates'
+    dA and dc."""
+    cdef Py_ssize_t N = a.batch, T = a.steps, H = a.hidden_size
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4, t = a.step
+    cdef Py_ssize_t j0 = task * a.unit_piece
+    cdef Py_ssize_t width = min(a.unit_piece, H - j0)
+    cdef const floating *Wh = <const floating *> a.Wh
+    cdef floating *dA = <floating *> a.dA
+    cdef floating *dh0 = <floating *> a.dh0 + j0
+    cdef floating *dc_carry = <floating *> a.dc_carry + j0
+    if t < T - 1:                       # dh = dA_{t+1} @ Wh.T, columns j0 .. of it
+        if N == 1:
+            gemv_n(width, G4, 1, Wh + j0 * G4, G4, dA + (t + 1) * G4, 0, dh0)
+        else:
+            gemm(c'n', c't', N, width, G4, 1, dA + (t + 1) * G4, TG, Wh + j0 * G4, G4, 0,
+                 dh0, H)
+    if t < 0:
+        return
+    gates_backward_units(N, width, H,
+                         <const floating *> a.dhs + t * a.dhs_step_stride + j0,
+                         a.dhs_seq_stride,
+                         dh0 if t < T - 1 else NULL, H,
+                         dc_carry if t < T - 1 else NULL, H,
+                         <const floating *> a.gates + t * G4 + j0, TG,
+                         (<const floating *> a.cells + (t - 1) * H + j0 if t > 0
+                          else _at(a.c0, j0, kind)), TH if t > 0 else H,
+                         <const floating *> a.tanh_cells + t * H + j0, TH,
+                         dA + t * G4 + j0, TG, dc_carry, H)
+
+
+cdef void _backward_units_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _backward_units(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _backward_units(<float *> NULL, <_SequenceArgs *> args, task)
 
 
 cdef void _backward_products(floating *kind, const _SequenceArgs *a,
@@ -774,7 +983,7 @@ cdef int lstm_sequence_backward(
     const Plan *plan,
 ) noexcept nogil:
     cdef Py_ssize_t G4 = 4 * H, M = N * T
-    cdef Py_ssize_t parts
+    cdef Py_ssize_t parts, t
     cdef _SequenceArgs a
     if not lstm_sequence_fits(N, T, D, H, max(max(xs_seq_stride, xs_step_stride),
                                               max(dhs_seq_stride, dhs_step_stride))):
@@ -792,7 +1001,14 @@ cdef int lstm_sequence_backward(
     a.gates, a.cells, a.tanh_cells, a.h_prevs = gates, cells, tanh_cells, h_prevs
     a.dA, a.dc_carry, a.dxs, a.dh0 = dA, dc_carry, dxs, dh0
     a.dWx, a.dWh, a.db = dWx, dWh, db
-    lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _backward_rows_task, &a)
+    if a.plan.by_units:
+        # A round per step, the last (step -1) for the gradient of h0.
+        for t in range(T - 1, -2, -1):
+            a.step = t
+            lstmc_parallel(a.plan.threads, _ceil_div(H, a.unit_piece),
+                           _backward_units_task, &a)
+    else:
+        lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _backward_rows_task, &a)
     # Then the products over all steps: one column block of the weight
     # gradients and one row block of dxs per thread.
     parts = a.plan.threads

@@ -161,6 +161,8 @@ LSTMC_INLINE double lstmc_tanh(double a)
 /*
  * IN   A (N, 4H, lda): pre-activations without the bias (x@Wx + h@Wh)
  * IN   b (4H,), c_prev (N, H, ldcp) or NULL for zeros
+ * gs is the distance between gate blocks along a row of A (and of b): H for a
+ * whole row; the layer's H when H here is a slice of its units.
  * OUT  A: overwritten with the activated gates f, g, i, o (the cache)
  * OUT  c_next (N, H, ldcn), h_next (N, H, ldhn), tanh_c (N, H, ldtc) or NULL
  * Each element reads c_prev before writing c_next and h_next, so c_next may be
@@ -168,20 +170,21 @@ LSTMC_INLINE double lstmc_tanh(double a)
  */
 #define LSTMC_GATES_FORWARD(NAME, T, SIGMOID, TANH)                                   \
 LSTMC_CLONES static void NAME(                                                        \
-    ptrdiff_t N, ptrdiff_t H, T *A, ptrdiff_t lda, const T *b,                        \
+    ptrdiff_t N, ptrdiff_t H, ptrdiff_t gs, T *A, ptrdiff_t lda, const T *b,          \
     const T *c_prev, ptrdiff_t ldcp, T *c_next, ptrdiff_t ldcn,                       \
     T *h_next, ptrdiff_t ldhn, T *tanh_c, ptrdiff_t ldtc)                             \
 {                                                                                     \
     for (ptrdiff_t n = 0; n < N; n++) {                                               \
-        T *restrict af = A + n * lda, *restrict ag = af + H;                          \
-        T *restrict ai = ag + H, *restrict ao = ai + H;                               \
+        T *restrict af = A + n * lda, *restrict ag = af + gs;                         \
+        T *restrict ai = ag + gs, *restrict ao = ai + gs;                             \
         const T *cp = c_prev ? c_prev + n * ldcp : NULL;                              \
         T *cn = c_next + n * ldcn, *hn = h_next + n * ldhn;                           \
         T *tc = tanh_c ? tanh_c + n * ldtc : NULL;                                    \
-        /* f | g | i o: one loop per activation over contiguous blocks.     */     \
+        /* f | g | i | o: one loop per gate over contiguous blocks.         */     \
         for (ptrdiff_t j = 0; j < H; j++) af[j] = SIGMOID(af[j] + b[j]);             \
-        for (ptrdiff_t j = 0; j < H; j++) ag[j] = TANH(ag[j] + b[H + j]);            \
-        for (ptrdiff_t j = 0; j < 2 * H; j++) ai[j] = SIGMOID(ai[j] + b[2 * H + j]); \
+        for (ptrdiff_t j = 0; j < H; j++) ag[j] = TANH(ag[j] + b[gs + j]);           \
+        for (ptrdiff_t j = 0; j < H; j++) ai[j] = SIGMOID(ai[j] + b[2 * gs + j]);    \
+        for (ptrdiff_t j = 0; j < H; j++) ao[j] = SIGMOID(ao[j] + b[3 * gs + j]);    \
         if (cp) {                                                                     \
             for (ptrdiff_t j = 0; j < H; j++) cn[j] = af[j] * cp[j] + ag[j] * ai[j];  \
         } else {                                                                      \
@@ -261,7 +264,7 @@ LSTMC_INLINE void NAME(                                                         
 
 #define LSTMC_GATES_BACKWARD(NAME, ROW, T)                                            \
 LSTMC_CLONES static void NAME(                                                        \
-    ptrdiff_t N, ptrdiff_t H, const T *dh, ptrdiff_t lddh,                            \
+    ptrdiff_t N, ptrdiff_t H, ptrdiff_t gs, const T *dh, ptrdiff_t lddh,              \
     const T *dh2, ptrdiff_t lddh2, const T *dc, ptrdiff_t lddc,                       \
     const T *G, ptrdiff_t ldg, const T *c_prev, ptrdiff_t ldcp,                       \
     const T *tanh_c, ptrdiff_t ldtc, T *dA, ptrdiff_t ldda,                           \
@@ -271,8 +274,9 @@ LSTMC_CLONES static void NAME(                                                  
         const T *gr = G + n * ldg;                                                    \
         T *ar = dA + n * ldda;                                                        \
         ROW(H, dh + n * lddh, dh2 ? dh2 + n * lddh2 : NULL, dc ? dc + n * lddc : NULL, \
-            gr, gr + H, gr + 2 * H, gr + 3 * H, c_prev ? c_prev + n * ldcp : NULL,    \
-            tanh_c + n * ldtc, ar, ar + H, ar + 2 * H, ar + 3 * H,                    \
+            gr, gr + gs, gr + 2 * gs, gr + 3 * gs,                                    \
+            c_prev ? c_prev + n * ldcp : NULL,                                        \
+            tanh_c + n * ldtc, ar, ar + gs, ar + 2 * gs, ar + 3 * gs,                 \
             dc_prev + n * lddcp);                                                     \
     }                                                                                 \
 }

@@ -7,21 +7,21 @@ dimensions, gate order f, g, i, o."""
 from cython cimport floating
 
 cdef extern from "_gates.h" nogil:
-    void lstmc_gates_forward_f(Py_ssize_t N, Py_ssize_t H, float *A, Py_ssize_t lda,
+    void lstmc_gates_forward_f(Py_ssize_t N, Py_ssize_t H, Py_ssize_t gs, float *A, Py_ssize_t lda,
                                const float *b, const float *c_prev, Py_ssize_t ldcp,
                                float *c_next, Py_ssize_t ldcn, float *h_next,
                                Py_ssize_t ldhn, float *tanh_c, Py_ssize_t ldtc)
-    void lstmc_gates_forward_d(Py_ssize_t N, Py_ssize_t H, double *A, Py_ssize_t lda,
+    void lstmc_gates_forward_d(Py_ssize_t N, Py_ssize_t H, Py_ssize_t gs, double *A, Py_ssize_t lda,
                                const double *b, const double *c_prev, Py_ssize_t ldcp,
                                double *c_next, Py_ssize_t ldcn, double *h_next,
                                Py_ssize_t ldhn, double *tanh_c, Py_ssize_t ldtc)
-    void lstmc_gates_backward_f(Py_ssize_t N, Py_ssize_t H, const float *dh, Py_ssize_t lddh,
+    void lstmc_gates_backward_f(Py_ssize_t N, Py_ssize_t H, Py_ssize_t gs, const float *dh, Py_ssize_t lddh,
                                 const float *dh2, Py_ssize_t lddh2, const float *dc,
                                 Py_ssize_t lddc, const float *G, Py_ssize_t ldg,
                                 const float *c_prev, Py_ssize_t ldcp, const float *tanh_c,
                                 Py_ssize_t ldtc, float *dA, Py_ssize_t ldda,
                                 float *dc_prev, Py_ssize_t lddcp)
-    void lstmc_gates_backward_d(Py_ssize_t N, Py_ssize_t H, const double *dh, Py_ssize_t lddh,
+    void lstmc_gates_backward_d(Py_ssize_t N, Py_ssize_t H, Py_ssize_t gs, const double *dh, Py_ssize_t lddh,
                                 const double *dh2, Py_ssize_t lddh2, const double *dc,
                                 Py_ssize_t lddc, const double *G, Py_ssize_t ldg,
                                 const double *c_prev, Py_ssize_t ldcp, const double *tanh_c,
@@ -44,10 +44,25 @@ cdef inline void gates_forward(
 ) noexcept nogil:
     """gates := activated f, g, i, o of gates + b; c_next, h_next (and tanh(c_next))."""
     if floating is float:
-        lstmc_gates_forward_f(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
+        lstmc_gates_forward_f(N, H, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
                               h_next, ldhn, tanh_c, ldtc)
     else:
-        lstmc_gates_forward_d(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
+        lstmc_gates_forward_d(N, H, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
+                              h_next, ldhn, tanh_c, ldtc)
+
+
+cdef inline void gates_forward_units(
+    Py_ssize_t N, Py_ssize_t units, Py_ssize_t H, floating *gates, Py_ssize_t ldg,
+    const floating *b, const floating *c_prev, Py_ssize_t ldcp, floating *c_next,
+    Py_ssize_t ldcn, floating *h_next, Py_ssize_t ldhn, floating *tanh_c, Py_ssize_t ldtc,
+) noexcept nogil:
+    """gates_forward on `units` of the layer's H units: every pointer already at
+    the first of them (gates and b at its f column)."""
+    if floating is float:
+        lstmc_gates_forward_f(N, units, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
+                              h_next, ldhn, tanh_c, ldtc)
+    else:
+        lstmc_gates_forward_d(N, units, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
                               h_next, ldhn, tanh_c, ldtc)
 
 
@@ -60,10 +75,26 @@ cdef inline void gates_backward(
 ) noexcept nogil:
     """dA := gradient of the pre-activations; dc_prev (may be dc)."""
     if floating is float:
-        lstmc_gates_backward_f(N, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
+        lstmc_gates_backward_f(N, H, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
                                c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
     else:
-        lstmc_gates_backward_d(N, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
+        lstmc_gates_backward_d(N, H, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
+                               c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
+
+
+cdef inline void gates_backward_units(
+    Py_ssize_t N, Py_ssize_t units, Py_ssize_t H, const floating *dh, Py_ssize_t lddh,
+    const floating *dh2, Py_ssize_t lddh2, const floating *dc, Py_ssize_t lddc,
+    const floating *gates, Py_ssize_t ldg, const floating *c_prev, Py_ssize_t ldcp,
+    const floating *tanh_c, Py_ssize_t ldtc, floating *dA, Py_ssize_t ldda,
+    floating *dc_prev, Py_ssize_t lddcp,
+) noexcept nogil:
+    """gates_backward on `units` of the layer's H units (pointers at the first)."""
+    if floating is float:
+        lstmc_gates_backward_f(N, units, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
+                               c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
+    else:
+        lstmc_gates_backward_d(N, units, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
                                c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
 
 

@@ -43,6 +43,7 @@ static int lstmc_get_threads(void) { return __atomic_load_n(&lstmc_limit, __ATOM
 static int lstmc_pool_workers(void) { return 0; }
 static int lstmc_bind_blas(const void *sym) { (void) sym; return 0; }
 static int lstmc_blas_threads_now(void) { return -1; }
+static int lstmc_blas_set_threads(int n) { (void) n; return -1; }
 static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void *ctx)
 {
     (void) threads;
@@ -317,6 +318,16 @@ static int lstmc_bind_blas(const void *sym)
     }
     dlclose(lib);
     return 0;
+}
+
+/* Sets SciPy's BLAS thread count (the benchmark's floor at one thread); returns
+ * the count before, or -1 when it cannot be set. */
+static int lstmc_blas_set_threads(int n)
+{
+    if (lstmc_blas_get == NULL) return -1;
+    int before = lstmc_blas_get();
+    lstmc_blas_set(n);
+    return before;
 }
 
 /* SciPy's BLAS thread count now (-1: unknown). */

@@ -17,11 +17,13 @@
 Every contender's result is checked against lstmc's once, before timing: one that
 computes something else is recorded as a failure.
 """
+import contextlib
 import functools
 
 import numpy as np
 
-from lstmc import convert
+import lstmc
+from lstmc import _threads, convert
 from lstmc.bench.report import say
 from lstmc.bench.timing import Contender, error_text, loop
 
@@ -34,7 +36,8 @@ __all__ = ["weights", "check", "in_run_order", "outputs", "layer_contenders",
 # Each thread pool's contenders are also kept together: a pause (SETTLE) comes only
 # where the pool changes.
 RUN_ORDER = ("fwd", "floor fwd", "inf", "ort inf", "torch inf", "torch f+b", "numpy fwd",
-             "numpy f+b", "f+b", "bwd", "floor bwd")
+             "numpy f+b", "f+b", "bwd", "floor bwd", "n=1 inf", "floor n=1 fwd", "n=1 bwd",
+             "floor n=1 bwd")
 
 
 def in_run_order(cs):
@@ -96,6 +99,13 @@ def layer_contenders(env, label, lstmc_class, reference_class, weights, inputs, 
     cs = _forward_and_both("", lstmc_class, weights, inputs, upstream)
     cs += [Contender("inf", loop(functools.partial(inf_layer.forward, *inputs, **inference))),
            Contender("bwd", loop(functools.partial(bwd_layer.backward, *upstream)))]
+    # The same at one thread (lstmc.threads(1): the caller's thread only).
+    one = functools.partial(lstmc.threads, 1)
+    inf1, bwd1 = lstmc_class(*weights), lstmc_class(*weights)
+    with one():
+        bwd1.forward(*inputs)
+    cs += [Contender("n=1 inf", loop(functools.partial(inf1.forward, *inputs, **inference), one)),
+           Contender("n=1 bwd", loop(functools.partial(bwd1.backward, *upstream), one))]
     return cs + _forward_and_both("numpy ", reference_class, weights, inputs, upstream), want
 
 
@@ -163,12 +173,19 @@ def _onnx_session(env, Wx, Wh, b, shape, dtype):
 
 
 def floor_contenders(env, kind, N, D, H, dtype, T=1):
-    """floor fwd and floor bwd: the BLAS calls of lstmc's ``kind`` ('cell' or 'seq')."""
+    """floor fwd and floor bwd: the BLAS calls of lstmc's ``kind`` ('cell' or 'seq'),
+    with SciPy's BLAS at its own thread count, and the same at one thread (n=1)."""
     floor = env.floor
 
-    def batch(direction):
-        return lambda reps: floor("%s_%s" % (kind, direction), N, D, H, dtype=dtype, T=T,
-                                  reps=reps)
+    def batch(direction, threads=None):
+        def run(reps):
+            with (_threads.scipy_blas_threads(threads) if threads
+                  else contextlib.nullcontext()):
+                return floor("%s_%s" % (kind, direction), N, D, H, dtype=dtype, T=T,
+                             reps=reps)
+        return run
 
     return [Contender("floor fwd", batch("forward")),
-            Contender("floor bwd", batch("backward"))]
+            Contender("floor bwd", batch("backward")),
+            Contender("floor n=1 fwd", batch("forward", 1)),
+            Contender("floor n=1 bwd", batch("backward", 1))]

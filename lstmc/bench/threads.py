@@ -1,16 +1,15 @@
-"""The threads section: K independent ``TimeLSTM`` inferences on one Python thread and
-on two (BLAS pinned to one thread, so that the speed-up is lstmc's own: it releases
-the GIL), and for reference on one Python thread with BLAS's own threads."""
+"""The threads section: K independent ``TimeLSTM`` inferences on one Python thread at
+``lstmc.threads(1)``, on two Python threads at ``lstmc.threads(2)`` (the speed-up of
+releasing the GIL), and on one Python thread at lstmc's default threads (the speed-up
+of lstmc's own pool)."""
 import functools
 import threading
 
 import numpy as np
 
 import lstmc
-from lstmc import _blas_threads
 from lstmc.bench.compare import collect_errors
 from lstmc.bench.contenders import weights
-from lstmc.bench.environment import blas_threads
 from lstmc.bench.report import fmt_ratio, fmt_us, progress, record, say, spread_line, table
 from lstmc.bench.timing import Contender, batched, median, ratio, run_rounds
 
@@ -84,16 +83,17 @@ def run(env, args, K, shape, dtype, report):
     for _ in range(K):
         layer = lstmc.TimeLSTM(*weights(rng, D, H, dtype))
         jobs.append((layer, rng.standard_normal((N, T, D)).astype(dtype)))
-    pinned = _blas_threads.available()
     workers = {1: _Workers(1), 2: _Workers(2)}
     chunks = {1: [jobs], 2: [jobs[0::2], jobs[1::2]]}
+    default = lstmc.get_num_threads()
 
-    def contender(key, n, blas):
+    def contender(key, n, threads):
         return Contender(key, batched(functools.partial(workers[n].run, _infer, chunks[n]),
-                                      functools.partial(_blas_threads.limit, blas)))
+                                      functools.partial(lstmc.threads, threads)))
 
-    cs = [contender("1 thread, BLAS 1", 1, 1), contender("2 threads, BLAS 1", 2, 1),
-          contender("1 thread, BLAS default", 1, None)]
+    cs = [contender("1 thread, lstmc n=1", 1, 1),
+          contender("2 threads, lstmc n=2", 2, 2),
+          contender("1 thread, lstmc default", 1, default)]
     try:
         done = run_rounds(cs, args.rounds, args.target_ms / 1e3, progress("threads"),
                           env.budget.case_deadline())
@@ -105,20 +105,20 @@ def run(env, args, K, shape, dtype, report):
     t1, t2, tb = (median(c) for c in cs)
     report["threads"] = record(label, (K, N, T, D, H), dtype, cs, done)
     report["threads"]["speedup_2_threads"] = ratio(t1, t2)
-    one = "1" if pinned else "default"
-    rows = [["1 Python thread", one, fmt_us(t1), fmt_us(t1 / K if t1 else None),
+    report["threads"]["speedup_default"] = ratio(t1, tb)
+    rows = [["1 Python thread", "1", fmt_us(t1), fmt_us(t1 / K if t1 else None),
              "1.00x" if t1 else "-"],
-            ["2 Python threads", one, fmt_us(t2), fmt_us(t2 / K if t2 else None),
+            ["2 Python threads", "2", fmt_us(t2), fmt_us(t2 / K if t2 else None),
              fmt_ratio(ratio(t1, t2))],
-            ["1 Python thread", "default (%s)" % blas_threads(), fmt_us(tb),
+            ["1 Python thread", "%d (default)" % default, fmt_us(tb),
              fmt_us(tb / K if tb else None), fmt_ratio(ratio(t1, tb))]]
     say("median µs for all K inferences over %d alternating rounds; speed-up relative to "
-        "1 thread with OpenBLAS pinned to 1 (%d cores available, ideal 2-thread speed-up "
-        "%.2fx)" % (done, env.cores, min(2, env.cores)))
-    say(table(["Python threads", "OpenBLAS threads", "µs for K", "µs per layer", "speed-up"],
+        "1 Python thread at lstmc.threads(1) (%d cores available, ideal 2-thread speed-up "
+        "%.2fx). With 2 Python threads at n=2 each call runs on its caller's thread "
+        "(the limit counts every thread doing lstmc work)." % (done, env.cores,
+                                                               min(2, env.cores)))
+    say(table(["Python threads", "lstmc threads", "µs for K", "µs per layer", "speed-up"],
               rows, left=2))
-    if not pinned:
-        say("  (threadpoolctl is not installed: OpenBLAS could not be pinned to one thread)")
     noise = spread_line([(label, cs)])
     if noise:
         say(noise)

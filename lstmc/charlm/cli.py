@@ -44,8 +44,8 @@ def parser(prog="lstmc"):
     p.add_argument("--bptt", type=positive(int), default=DEFAULT_BPTT, metavar="T",
                    help="characters per stream per step (default %(default)s)")
     p.add_argument("--threads", type=nonnegative_int, metavar="N",
-                   help="BLAS threads while training (default 1, fastest for these small "
-                   "matrices; 0: the BLAS default; needs threadpoolctl)")
+                   help="threads lstmc runs the LSTM on (default: lstmc's, the cores this "
+                   "process may use, or LSTMC_NUM_THREADS; 0: the same)")
     p.add_argument("--temperature", type=positive(float), default=0.8, metavar="X",
                    help="sampling temperature (default %(default)s)")
     p.add_argument("--length", type=nonnegative_int, default=320, metavar="N",

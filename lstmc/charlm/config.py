@@ -52,7 +52,7 @@ class Config:
     lr: float = LEARNING_RATE
     temperature: float = 0.8
     length: int = 320  # characters to sample
-    threads: int | None = None  # BLAS threads; None: 1 if threadpoolctl is there; 0: default
+    threads: int | None = None  # lstmc's threads; None or 0: lstmc's default
 
     def __post_init__(self):
         self.dtype = np.dtype(self.dtype)

@@ -12,13 +12,15 @@ budget only ever applies when ``--steps`` is not given.
 """
 
 import math
+import contextlib
 import os
 import sys
 import time
 
 import numpy as np
 
-from lstmc import _blas_threads, save
+import lstmc
+from lstmc import save
 from lstmc._cli import unwritable
 from lstmc.charlm import report
 from lstmc.charlm.config import (EMBED_MAX, LR_FLOOR, MAX_GRAD_NORM, PRIME, VALID_MAX_CHARS,
@@ -29,21 +31,16 @@ from lstmc.charlm.model import Adam, CharLM, clip_grads
 __all__ = ["run", "train"]
 
 
-def blas_threads(requested):
-    """``(n, label)``: the BLAS threads to hold while training (n None: leave BLAS
-    alone) and how the header names them.
+def lstmc_threads(requested):
+    """``(n, label)``: the threads lstmc runs the LSTM on while training (n None:
+    lstmc's default, the cores this process may use) and how the header names them.
 
-    requested None means 1 when threadpoolctl is installed and the BLAS default
-    otherwise; 0 means the BLAS default. One thread is the default because the
-    per-step matrices are small, where a second thread gains little, and because a
-    step alternates between SciPy's BLAS (inside lstmc) and NumPy's (the affine
-    layer): two OpenBLAS pools whose idle threads spin against each other on a
-    machine with few cores.
+    NumPy's and SciPy's BLAS pools are left as they are: lstmc holds SciPy's at one
+    thread while its own calls run (its threads take the batch's rows), and the
+    affine layer's products stay with NumPy's. Nothing here needs threadpoolctl.
     """
-    if requested == 0 or not _blas_threads.available():
-        return None, "BLAS default threads"
-    n = 1 if requested is None else requested
-    return n, "%d BLAS thread%s" % (n, "" if n == 1 else "s")
+    n = lstmc.get_num_threads() if not requested else requested
+    return (requested or None), "%d lstmc thread%s" % (n, "" if n == 1 else "s")
 
 
 def check_output_path(option, path):
@@ -139,11 +136,8 @@ def run(cfg, out=None, err=None, prog="lstmc"):
     def warn(line):
         print("%s: %s" % (prog, line), file=err, flush=True)
 
-    n_threads, threads_label = blas_threads(cfg.threads)
-    if cfg.threads and not _blas_threads.available():
-        warn("note: --threads needs threadpoolctl (pip install threadpoolctl); "
-             "using the BLAS default")
-    with _blas_threads.limit(n_threads):
+    n_threads, threads_label = lstmc_threads(cfg.threads)
+    with lstmc.threads(n_threads) if n_threads else contextlib.nullcontext():
         return _run(cfg, say, warn, err, threads_label)
 
 
