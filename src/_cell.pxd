@@ -68,7 +68,7 @@ cdef int lstm_step_forward(
     floating *h_next, Py_ssize_t ldhn,         # OUT (N, H); may be h_prev
     floating *c_next, Py_ssize_t ldcn,         # OUT (N, H); may be c_prev
     floating *tanh_c, Py_ssize_t ldtc,         # OUT (N, H) tanh(c_next), or NULL
-    int threads,
+    int threads=*,                             # at most this many threads (default 1)
 ) noexcept nogil
 
 
@@ -87,7 +87,7 @@ cdef int lstm_step_backward(
     floating *dh_prev, Py_ssize_t lddhp,       # OUT (N, H)
     floating *dc_prev, Py_ssize_t lddcp,       # OUT (N, H); may be dc_next
     floating *dWx, floating *dWh, floating *db,  # OUT overwritten, C-contiguous
-    int threads,
+    int threads=*,                             # at most this many threads (default 1)
 ) noexcept nogil
 # No OUT array may overlap an IN array or another OUT array, with one exception:
 # dc_prev may be dc_next itself (the same pointer and leading dimension).
@@ -135,8 +135,8 @@ cdef int lstm_sequence_forward(
     floating *cells,                           # (N, T, H)  c of every step
     floating *tanh_cells,                      # (N, T, H)  tanh(c) of every step
     floating *h_prevs,                         # (N, T, H)  h before every step: h0, hs[:, :-1]
-    const Plan *plan,
-    floating *recurrent,                       # scratch (N, 4H), used when recurrent_by_rows
+    const Plan *plan,                          # or NULL: the caller's thread, m = 4H
+    floating *recurrent,                       # scratch (N, 4H) for recurrent_by_rows, or NULL
 ) noexcept nogil
 
 # The same outputs without what backward needs, in memory bounded whatever T is:
@@ -151,8 +151,8 @@ cdef int lstm_sequence_infer(
     floating *chunk_gates,                     # scratch (chunk_steps * N, 4H)
     floating *chunk_inputs,                    # scratch (chunk_steps * N, D); NULL if N == 1
     Py_ssize_t chunk_steps,                    # >= 1
-    const Plan *plan,
-    floating *recurrent,                       # scratch (N, 4H), used when recurrent_by_rows
+    const Plan *plan,                          # or NULL: the caller's thread, m = 4H
+    floating *recurrent,                       # scratch (N, 4H) for recurrent_by_rows, or NULL
 ) noexcept nogil
 
 cdef int lstm_sequence_backward(
@@ -168,7 +168,7 @@ cdef int lstm_sequence_backward(
     floating *dxs,                             # OUT (N, T, D)
     floating *dh0,                             # OUT (N, H) gradient of h0
     floating *dWx, floating *dWh, floating *db,  # OUT overwritten: sums over all steps
-    const Plan *plan,
+    const Plan *plan,                          # or NULL: the caller's thread
 ) noexcept nogil
 # No OUT or scratch array may overlap another array of the same call.
 

@@ -201,6 +201,7 @@ cdef struct _StepArgs:
 
 
 cdef inline const floating *_at(const void *p, Py_ssize_t offset, floating *kind) noexcept nogil:
+    """p + offset elements of the type of `kind` (which only picks the type), or NULL."""
     return NULL if p == NULL else <const floating *> p + offset
 
 
@@ -261,7 +262,7 @@ cdef int lstm_step_forward(
     floating *h_next, Py_ssize_t ldhn,
     floating *c_next, Py_ssize_t ldcn,
     floating *tanh_c, Py_ssize_t ldtc,
-    int threads,
+    int threads=1,
 ) noexcept nogil:
     cdef _StepArgs a
     if N <= 0:
@@ -372,7 +373,7 @@ cdef int lstm_step_backward(
     floating *dh_prev, Py_ssize_t lddhp,
     floating *dc_prev, Py_ssize_t lddcp,
     floating *dWx, floating *dWh, floating *db,
-    int threads,
+    int threads=1,
 ) noexcept nogil:
     cdef Py_ssize_t G4 = 4 * H
     cdef _StepArgs a
@@ -488,17 +489,6 @@ cdef struct _SequenceArgs:
     Py_ssize_t ld_gates, ld_h_prev, ld_c_prev, ld_h_next, ld_c_next
 
 
-cdef inline const floating *_rows_in(const void *p, Py_ssize_t first, Py_ssize_t width,
-                                     floating *kind) noexcept nogil:
-    """Row `first` of a C-contiguous matrix of `width` columns, or NULL."""
-    return NULL if p == NULL else <const floating *> p + first * width
-
-
-cdef inline floating *_rows_out(void *p, Py_ssize_t first, Py_ssize_t width,
-                               floating *kind) noexcept nogil:
-    return NULL if p == NULL else <floating *> p + first * width
-
-
 cdef inline Py_ssize_t _block_rows(const _SequenceArgs *a, ptrdiff_t task,
                                    Py_ssize_t *first) noexcept nogil:
     first[0] = task * a.plan.block
@@ -537,14 +527,14 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
     cdef const floating *Wx = <const floating *> a.Wx
     cdef const floating *Wh = <const floating *> a.Wh
     cdef const floating *b = <const floating *> a.b
-    cdef const floating *h0 = _rows_in(a.h0, first, H, kind)
-    cdef const floating *c0 = _rows_in(a.c0, first, H, kind)
-    cdef floating *hs = _rows_out(a.hs, first, TH, kind)
-    cdef floating *gates = _rows_out(a.gates, first, TG, kind)
-    cdef floating *cells = _rows_out(a.cells, first, TH, kind)
-    cdef floating *tanh_cells = _rows_out(a.tanh_cells, first, TH, kind)
-    cdef floating *h_prevs = _rows_out(a.h_prevs, first, TH, kind)
-    cdef floating *recurrent = _rows_out(a.recurrent, first, G4, kind)
+    cdef const floating *h0 = _at(a.h0, first * H, kind)
+    cdef const floating *c0 = _at(a.c0, first * H, kind)
+    cdef floating *hs = _at_out(a.hs, first * TH, kind)
+    cdef floating *gates = _at_out(a.gates, first * TG, kind)
+    cdef floating *cells = _at_out(a.cells, first * TH, kind)
+    cdef floating *tanh_cells = _at_out(a.tanh_cells, first * TH, kind)
+    cdef floating *h_prevs = _at_out(a.h_prevs, first * TH, kind)
+    cdef floating *recurrent = _at_out(a.recurrent, first * G4, kind)
     cdef const floating *h_prev
     cdef const floating *c_prev
     if _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
@@ -569,8 +559,8 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
         else:
             memset(h_prevs + n * TH, 0, H * sizeof(floating))
         memcpy(h_prevs + n * TH + H, hs + n * TH, (T - 1) * H * sizeof(floating))
-    _copy_rows(_rows_out(a.h_last, first, H, kind), H, hs + (T - 1) * H, TH, N, H)
-    _copy_rows(_rows_out(a.c_last, first, H, kind), H, cells + (T - 1) * H, TH, N, H)
+    _copy_rows(_at_out(a.h_last, first * H, kind), H, hs + (T - 1) * H, TH, N, H)
+    _copy_rows(_at_out(a.c_last, first * H, kind), H, cells + (T - 1) * H, TH, N, H)
 
 
 cdef void _forward_task(void *args, ptrdiff_t task) noexcept nogil:
@@ -581,14 +571,19 @@ cdef void _forward_task(void *args, ptrdiff_t task) noexcept nogil:
 
 
 cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_t D,
-                         Py_ssize_t H, const Plan *plan, floating *kind) noexcept nogil:
+                         Py_ssize_t H, const Plan *plan, floating *kind,
+                         bint recurrent_scratch) noexcept nogil:
     memset(a, 0, sizeof(_SequenceArgs))
     a.double_precision = floating is double
     a.batch, a.steps, a.input_size, a.hidden_size = N, T, D, H
-    a.plan = plan[0]
-    a.plan.block = max(1, min(plan.block, N))
-    a.plan.threads = max(1, plan.threads)
-    a.plan.by_units = plan.by_units and a.plan.threads > 1
+    if plan != NULL:
+        a.plan = plan[0]
+    else:                               # the caller's thread, the whole batch, m = 4H
+        a.plan.threads, a.plan.block = 1, N
+    a.plan.block = max(1, min(a.plan.block, N))
+    a.plan.threads = max(1, a.plan.threads)
+    a.plan.by_units = a.plan.by_units and a.plan.threads > 1
+    a.plan.recurrent_by_rows = a.plan.recurrent_by_rows and recurrent_scratch
     a.unit_piece = _ceil_div(_ceil_div(H, a.plan.threads), 16) * 16
 
 
@@ -754,7 +749,7 @@ cdef int lstm_sequence_forward(
     if T == 0:
         _initial_state(N, H, h0, c0, h_last, c_last)
         return 0
-    _sequence_args(&a, N, T, D, H, plan, recurrent)
+    _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL)
     a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
     a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
     a.hs, a.h_last, a.c_last = hs, h_last, c_last
@@ -778,17 +773,17 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
     cdef const floating *Wx = <const floating *> a.Wx
     cdef const floating *Wh = <const floating *> a.Wh
     cdef const floating *b = <const floating *> a.b
-    cdef const floating *h0 = _rows_in(a.h0, first_row, H, kind)
-    cdef floating *hs = _rows_out(a.hs, first_row, TH, kind)
-    cdef floating *h_last = _rows_out(a.h_last, first_row, H, kind)
-    cdef floating *c_last = _rows_out(a.c_last, first_row, H, kind)
+    cdef const floating *h0 = _at(a.h0, first_row * H, kind)
+    cdef floating *hs = _at_out(a.hs, first_row * TH, kind)
+    cdef floating *h_last = _at_out(a.h_last, first_row * H, kind)
+    cdef floating *c_last = _at_out(a.c_last, first_row * H, kind)
     # This block's share of the scratch: its rows of every chunk step.
-    cdef floating *chunk_gates = _rows_out(a.chunk_gates, first_row * S, G4, kind)
-    cdef floating *chunk_inputs = _rows_out(a.chunk_inputs, first_row * S, D, kind)
-    cdef floating *recurrent = _rows_out(a.recurrent, first_row, G4, kind)
+    cdef floating *chunk_gates = _at_out(a.chunk_gates, (first_row * S) * G4, kind)
+    cdef floating *chunk_inputs = _at_out(a.chunk_inputs, (first_row * S) * D, kind)
+    cdef floating *recurrent = _at_out(a.recurrent, first_row * G4, kind)
     cdef const floating *h_prev
     # c lives in c_last from the start: each step updates it in place.
-    _initial_state(N, H, h0, _rows_in(a.c0, first_row, H, kind), h_last, c_last)
+    _initial_state(N, H, h0, _at(a.c0, first_row * H, kind), h_last, c_last)
     first = 0
     while first < T:
         steps = min(S, T - first)
@@ -841,7 +836,7 @@ cdef int lstm_sequence_infer(
     if T == 0:
         _initial_state(N, H, h0, c0, h_last, c_last)
         return 0
-    _sequence_args(&a, N, T, D, H, plan, recurrent)
+    _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL)
     a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
     a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
     a.hs, a.h_last, a.c_last = hs, h_last, c_last
@@ -862,13 +857,13 @@ cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task)
     cdef Py_ssize_t N = _block_rows(a, task, &first)
     cdef const floating *dhs = <const floating *> a.dhs + first * a.dhs_seq_stride
     cdef const floating *Wh = <const floating *> a.Wh
-    cdef const floating *c0 = _rows_in(a.c0, first, H, kind)
-    cdef const floating *gates = _rows_in(a.gates, first, TG, kind)
-    cdef const floating *cells = _rows_in(a.cells, first, TH, kind)
-    cdef const floating *tanh_cells = _rows_in(a.tanh_cells, first, TH, kind)
-    cdef floating *dA = _rows_out(a.dA, first, TG, kind)
-    cdef floating *dc_carry = _rows_out(a.dc_carry, first, H, kind)
-    cdef floating *dh0 = _rows_out(a.dh0, first, H, kind)
+    cdef const floating *c0 = _at(a.c0, first * H, kind)
+    cdef const floating *gates = _at(a.gates, first * TG, kind)
+    cdef const floating *cells = _at(a.cells, first * TH, kind)
+    cdef const floating *tanh_cells = _at(a.tanh_cells, first * TH, kind)
+    cdef floating *dA = _at_out(a.dA, first * TG, kind)
+    cdef floating *dc_carry = _at_out(a.dc_carry, first * H, kind)
+    cdef floating *dh0 = _at_out(a.dh0, first * H, kind)
     # dh0 carries dh from step t to step t - 1 (it ends as the gradient of h0),
     # dc_carry likewise for dc.
     for t in range(T - 1, -1, -1):
@@ -994,7 +989,7 @@ cdef int lstm_sequence_backward(
         memset(db, 0, G4 * sizeof(floating))
         memset(dh0, 0, N * H * sizeof(floating))
         return 0
-    _sequence_args(&a, N, T, D, H, plan, dA)
+    _sequence_args(&a, N, T, D, H, plan, dA, False)
     a.dhs, a.dhs_seq_stride, a.dhs_step_stride = dhs, dhs_seq_stride, dhs_step_stride
     a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
     a.Wx, a.Wh, a.c0 = Wx, Wh, c0

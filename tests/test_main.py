@@ -277,8 +277,12 @@ def test_check_passes(check_run):
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert out.startswith("lstmc self-check")
-    for key in ("lstmc", "python", "platform", "numpy", "scipy", "BLAS"):
+    for key in ("lstmc", "python", "platform", "numpy", "scipy", "BLAS", "threads", "plans"):
         assert re.search(r"^  %s\s+\S" % key, out, re.MULTILINE), key
+    # One plan line per benchmark shape, each naming its threads, split and product.
+    plans = re.findall(r"^  (?:plans)?\s+(\(\d+,\d+,\d+,\d+\)) float32: (\d+) threads?, "
+                       r"split by (rows|units).*recurrent product m = ", out, re.MULTILINE)
+    assert len(plans) == 4, out
     ok = [line for line in out.splitlines() if line.startswith("  ok ")]
     assert len(ok) == 6
     assert sum("float32" in line for line in ok) == 2
