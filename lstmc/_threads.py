@@ -55,7 +55,8 @@ def default_threads():
 
 def set_num_threads(n):
     """Run lstmc's calls on at most n threads (the caller's included), from now on,
-    in every Python thread. n=1: each call runs on its caller's thread only."""
+    in every Python thread. n=1: each call runs on its caller's thread only. More
+    than 256 counts as 256."""
     _work.set_threads(_checked(n, "n"))
 
 

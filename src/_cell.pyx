@@ -41,9 +41,11 @@ cdef extern from "_pool.h" nogil:
     int lstmc_bind_blas(const void *sym)
     int lstmc_blas_threads_now()
     int lstmc_blas_set_threads(int n)
+    void lstmc_pool_init()
 
 # --------------------------------------------------------------- threads
 
+lstmc_pool_init()
 cdef bint _blas_bound = lstmc_bind_blas(<const void *> sgemm)
 
 

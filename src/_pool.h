@@ -44,6 +44,7 @@ static int lstmc_pool_workers(void) { return 0; }
 static int lstmc_bind_blas(const void *sym) { (void) sym; return 0; }
 static int lstmc_blas_threads_now(void) { return -1; }
 static int lstmc_blas_set_threads(int n) { (void) n; return -1; }
+static void lstmc_pool_init(void) {}
 static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void *ctx)
 {
     (void) threads;
@@ -137,18 +138,23 @@ static void lstmc_after_fork_child(void)
 static void lstmc_before_fork(void) { pthread_mutex_lock(&lstmc_mu); }
 static void lstmc_after_fork_parent(void) { pthread_mutex_unlock(&lstmc_mu); }
 
+/* Once, before any call: the fork handlers (a child must not inherit the
+ * parent's slots, running calls or a locked mutex, workers or not). Without
+ * them no worker is made: calls run on their callers' threads. */
+static void lstmc_pool_init(void)
+{
+    if (!lstmc_atfork_set
+            && pthread_atfork(lstmc_before_fork, lstmc_after_fork_parent,
+                              lstmc_after_fork_child) == 0)
+        lstmc_atfork_set = 1;
+}
+
 /* An idle worker, made if needed; NULL when none can be made. Under lstmc_mu. */
 static lstmc_worker *lstmc_idle_worker(void)
 {
     for (int i = 0; i < lstmc_nworkers; i++)
         if (lstmc_workers[i]->job == NULL) return lstmc_workers[i];
-    if (lstmc_nworkers >= LSTMC_MAX_WORKERS) return NULL;
-    if (!lstmc_atfork_set) {
-        if (pthread_atfork(lstmc_before_fork, lstmc_after_fork_parent,
-                           lstmc_after_fork_child) != 0)
-            return NULL;
-        lstmc_atfork_set = 1;
-    }
+    if (lstmc_nworkers >= LSTMC_MAX_WORKERS || !lstmc_atfork_set) return NULL;
     lstmc_worker *w = (lstmc_worker *) calloc(1, sizeof(lstmc_worker));
     if (w == NULL) return NULL;
     pthread_cond_init(&w->wake, NULL);
