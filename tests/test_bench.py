@@ -39,7 +39,7 @@ def test_bench_quick_all_sections(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for text in ("versions:", "lstmc", "env:", "OPENBLAS_CORETYPE=", "OPENBLAS_L2_SIZE=",
-                 "== Cell:", "== Sequence:", "== Threads:",
+                 "== Cell:", "== Sequence:", "== Threads:", "== Pipeline:", "n=1",
                  "median µs per call", "(N,D,H)", "(N,T,D,H)", "fwd/floor", "bwd/floor",
                  "numpy/fwd", "speed-up", "How to reproduce:"):
         assert text in out, "%r missing from the output:\n%s" % (text, out)
@@ -48,7 +48,9 @@ def test_bench_quick_all_sections(tmp_path):
         "How to reproduce:" in out.rstrip().splitlines()[-2]
 
     report = json.loads(out_json.read_text())
-    assert report["cell"] and report["seq"] and report["threads"]
+    assert report["cell"] and report["seq"] and report["threads"] and report["pipeline"]
+    assert report["cell"][0]["median_us"]["n=1 inf"] > 0
+    assert report["seq"][0]["median_us"]["floor n=1 fwd"] > 0
     cell = report["cell"][0]
     assert cell["shape"] == [1, 32, 32] and cell["dtype"] == "float32"
     for key in ("fwd", "inf", "bwd", "f+b", "numpy fwd"):

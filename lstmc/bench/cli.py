@@ -10,7 +10,7 @@ import numpy as np
 import lstmc
 from lstmc import _blas_threads
 from lstmc._cli import Parser, positive, unwritable
-from lstmc.bench import cell, compare, dask, seq, threads
+from lstmc.bench import cell, compare, dask, pipeline, seq, threads
 from lstmc.bench.environment import ENV_VARS, OTHER_ENV_VARS, Env, load
 from lstmc.bench.report import header, reproduce_command, say
 from lstmc.bench.timing import MIN_ROUNDS, Budget
@@ -34,7 +34,7 @@ def build_parser():
         description="Benchmark lstmc.LSTM and lstmc.TimeLSTM against a NumPy "
         "implementation, torch and onnxruntime (when installed) and the compiled BLAS "
         "floor, in one process, in alternating rounds; print median times and ratios.")
-    p.add_argument("--section", choices=("cell", "seq", "threads", "dask", "all"),
+    p.add_argument("--section", choices=("cell", "seq", "threads", "dask", "pipeline", "all"),
                    default="all", help="what to run (default %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="one small case per section, %d rounds, ~%g ms batches "
@@ -95,8 +95,9 @@ def main(argv=None):
     start = time.perf_counter()
     env = Env(args)
     comparisons = [c for c in COMPARISONS if _runs(args.section, c.name)]
-    n_cases = sum(len(c.shapes(args.quick)) * len(_dtypes(args.dtype, c.dtypes))
-                  for c in comparisons) + _runs(args.section, "threads")
+    n_cases = (sum(len(c.shapes(args.quick)) * len(_dtypes(args.dtype, c.dtypes))
+                   for c in comparisons) + _runs(args.section, "threads")
+               + (pipeline.n_cases(args.quick) if _runs(args.section, "pipeline") else 0))
     env.budget = Budget(max(0.0, args.max_minutes * 60 - SET_UP_SECONDS)
                         if args.max_minutes > 0 else None, n_cases)
     say(header(env, args))
@@ -109,7 +110,7 @@ def main(argv=None):
                        "env": {k: os.environ.get(k) for k in ENV_VARS + OTHER_ENV_VARS},
                        "blas": _blas_threads.pools(), "skipped": env.skipped,
                        "max_minutes": args.max_minutes},
-              "cell": [], "seq": [], "threads": None, "dask": None}
+              "cell": [], "seq": [], "threads": None, "dask": None, "pipeline": None}
     for section in comparisons:
         compare.run(env, args, section, _dtypes(args.dtype, section.dtypes),
                     report[section.name])
@@ -118,6 +119,8 @@ def main(argv=None):
         threads.run(env, args, K, shape, _dtypes(args.dtype, (np.float32,))[0], report)
     if _runs(args.section, "dask"):
         dask.run(env, args, report)
+    if _runs(args.section, "pipeline"):
+        pipeline.run(env, args, report)
     say("")
     loads = [x for x in (env.load_start, load()) if x is not None]
     if loads and max(loads) > 0.5 * env.cores:

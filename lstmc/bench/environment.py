@@ -37,8 +37,8 @@ class Env:
             self.floor = _floor.floor
         except ImportError as exc:
             self.skipped.append(("floor", "lstmc.bench._floor not importable (%s)" % exc))
-        if args.section == "threads":
-            pass  # lstmc only
+        if args.section in ("threads", "pipeline"):
+            pass  # lstmc and NumPy only
         elif args.no_torch:
             self.skipped.append(("torch", "--no-torch"))
         else:

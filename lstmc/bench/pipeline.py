@@ -13,12 +13,12 @@ Rows:
 
 * training, one step (forward + backward + Adam) on one batch of random token ids
   and targets (fixed seed), at each (N, T, D, H, vocab) of ``SIZES``;
-* inference: a stateful model (embedding D=100 -> ``TimeLSTM(stateful=True)``
-  H=100 -> affine to a vocab of 10,000 -> softmax) generating 20 rows x 5 steps
-  greedily: five ``forward(train=False)`` calls on (20, 1) inputs in a row, the
-  state held between them and reset before each generation. The reference keeps
-  the state the same way (``stateful``, ``h``, ``c``); it has no ``train``
-  argument and keeps its cache.
+* inference (``INFERENCE``): a stateful model (embedding D=100 ->
+  ``TimeLSTM(stateful=True)`` H=100 -> affine to a vocab of 10,000 -> softmax)
+  generating 20 rows x 5 steps greedily: five ``forward(train=False)`` calls on
+  (20, 1) inputs in a row, the state held between them and reset before each
+  generation. The reference keeps the state the same way (``stateful``, ``h``,
+  ``c``); it has no ``train`` argument and keeps its cache.
 
 Each row runs twice: with the BLAS pools at their defaults ("defaults"), and with
 NumPy's OpenBLAS pool alone pinned to one thread ("NumPy pinned": the NumPy model
@@ -32,10 +32,13 @@ and the LSTM gradients to ``WEIGHT_RTOL`` (relative to the array's largest entry
 the generation gives the same tokens and last probabilities. A mismatch is listed
 in the section (``check`` column) and among the run's failures.
 
-The two models are timed in one process in alternating rounds (``run_rounds``:
-order reversed every other round, the usual pause ``SETTLE`` before a batch of the
-other model so that the spinning OpenBLAS threads of the last one settle), a batch
-being several steps (at least ``STEPS_PER_BATCH``, or ``--target-ms``). The table
+The two models are timed in one process in alternating rounds (``run_rounds``: the
+order reversed every other round, and the usual pause ``SETTLE`` before a batch of
+the other model, so that the spinning OpenBLAS threads of the last one settle). A
+batch is ``STEPS_PER_BATCH`` steps of the slower model, or ``--target-ms`` if
+longer, but at most ``MAX_BATCH_SECONDS`` unless one step takes longer. Each row
+and variant gets an equal share of what is left of ``SECTION_SECONDS`` (or of the
+run's budget, if less) and stops after three rounds once it has used it. The table
 gives medians in ms per step (per generation for the inference row) and the
 speed-up numpy/lstmc: the median over the rounds of the ratio within each round.
 """
@@ -51,16 +54,17 @@ from lstmc.bench.compare import collect_errors
 from lstmc.bench.report import fmt_ratio, progress, say, spread_line, table, target_lines
 from lstmc.bench.timing import Contender, loop, median, paired_ratio, run_rounds
 
-__all__ = ["run", "SIZES", "GENERATE", "TARGETS", "n_cases"]
+__all__ = ["run", "n_cases", "SIZES", "INFERENCE", "GENERATE_STEPS", "TARGETS"]
 
 SIZES = ((128, 29, 16, 128, 13), (64, 64, 128, 256, 100), (32, 100, 256, 512, 1000))
-GENERATE = dict(rows=20, steps=5, D=100, H=100, vocab=10000)
-INFERENCE = "generate"           # the inference row's case label
+INFERENCE = (20, 1, 100, 100, 10000)   # the generating model's (N, T, D, H, vocab)
+GENERATE_STEPS = 5
 DTYPE = np.float32
 LR = 1e-3
 LOSS_RTOL = 1e-4
 WEIGHT_RTOL = 1e-3
-STEPS_PER_BATCH = 3              # a timed batch is at least this many steps
+STEPS_PER_BATCH = 3              # a timed batch is this many steps of the slower model,
+MAX_BATCH_SECONDS = 1.0          # unless that takes longer (then fewer, one at least)
 SECTION_SECONDS = 150            # full mode's own cap, within the run's budget
 QUICK_SECONDS = 10
 SEED = 5
@@ -88,7 +92,8 @@ class _Adam:
             self.m = [np.zeros_like(p) for p in params]
             self.v = [np.zeros_like(p) for p in params]
         self.iter += 1
-        lr_t = self.lr * np.sqrt(1.0 - self.beta2 ** self.iter) / (1.0 - self.beta1 ** self.iter)
+        t = self.iter
+        lr_t = self.lr * np.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
         for p, g, m, v in zip(params, grads, self.m, self.v):
             m += (1 - self.beta1) * (g - m)
             v += (1 - self.beta2) * (g ** 2 - v)
@@ -111,7 +116,9 @@ class _LanguageModel:
     def __init__(self, lstm_class, weights, stateful=False):
         E, Wx, Wh, b, W, bias = (w.copy() for w in weights)
         self.lstm = lstm_class(Wx, Wh, b, stateful=stateful)
-        self.lstmc = isinstance(self.lstm, lstmc.TimeLSTM)
+        # Inference: lstmc keeps no cache; the reference has no such option.
+        self._infer = (functools.partial(self.lstm.forward, train=False)
+                       if isinstance(self.lstm, lstmc.TimeLSTM) else self.lstm.forward)
         self.E, self.W, self.bias = E, W, bias
         self.dE, self.dW, self.dbias = (np.zeros_like(a) for a in (E, W, bias))
         self.params = [E, *self.lstm.params, W, bias]
@@ -120,8 +127,7 @@ class _LanguageModel:
 
     def _scores(self, ids, train):
         xs = self.E[ids]                                     # (N, T, D)
-        hs = self.lstm.forward(xs) if train or not self.lstmc else \
-            self.lstm.forward(xs, train=False)
+        hs = self.lstm.forward(xs) if train else self._infer(xs)
         N, T, H = hs.shape
         self._ids, self._hs2 = ids, hs.reshape(N * T, H)
         return self._hs2 @ self.W + self.bias                # (N*T, V)
@@ -234,8 +240,13 @@ def _pin_numpy(path):
 # -- the section ---------------------------------------------------------------------
 
 def n_cases(quick):
-    """How many timed cases the section runs (for the run's budget): each row twice."""
-    return 2 * (1 if quick else len(SIZES)) + 2
+    """How many timed cases the section runs (for the run's budget): each row twice,
+    or once when NumPy's pool cannot be pinned."""
+    return (len(_sizes(quick)) + 1) * (1 if _numpy_pool()[0] is None else 2)
+
+
+def _sizes(quick):
+    return SIZES[:1] if quick else SIZES
 
 
 def _train(ids, targets, model):
@@ -250,26 +261,26 @@ def _rows(quick):
     """(case, what, [numpy model, lstmc model], step(model), check()) per row."""
     rng = np.random.default_rng(SEED)
     rows = []
-    for N, T, D, H, V in SIZES[:1] if quick else SIZES:
+    for N, T, D, H, V in _sizes(quick):
         weights = _weights(rng, D, H, V)
         ids, targets = (rng.integers(0, V, (N, T)) for _ in range(2))
         models = [_LanguageModel(cls, weights) for cls in (reference.TimeLSTM, lstmc.TimeLSTM)]
         rows.append(((N, T, D, H, V), "train step", models,
                      functools.partial(_train, ids, targets),
                      functools.partial(_check_training, models, ids, targets)))
-    g = GENERATE
-    weights = _weights(rng, g["D"], g["H"], g["vocab"])
-    start = rng.integers(0, g["vocab"], g["rows"])
+    N, _, D, H, V = INFERENCE
+    weights = _weights(rng, D, H, V)
+    start = rng.integers(0, V, N)
     models = [_LanguageModel(cls, weights, stateful=True)
               for cls in (reference.TimeLSTM, lstmc.TimeLSTM)]
-    rows.append((INFERENCE, "generate %dx%d" % (g["rows"], g["steps"]), models,
-                 functools.partial(_generate, start, g["steps"]),
-                 functools.partial(_check_generation, models, start, g["steps"])))
+    rows.append((INFERENCE, "generate %dx%d" % (N, GENERATE_STEPS), models,
+                 functools.partial(_generate, start, GENERATE_STEPS),
+                 functools.partial(_check_generation, models, start, GENERATE_STEPS)))
     return rows
 
 
 def _case_name(case):
-    return case if isinstance(case, str) else "(" + ",".join(map(str, case)) + ")"
+    return "(" + ",".join(map(str, case)) + ")"
 
 
 def _deadline(env, stop, cases_left):
@@ -282,20 +293,25 @@ def _deadline(env, stop, cases_left):
 
 def _time(models, step, args, deadline, context, label):
     """The two models' steps in alternating rounds, inside ``context()``: the numpy and
-    lstmc Contenders and the number of rounds run. A batch lasts ``--target-ms``, and
-    (but with --quick) at least STEPS_PER_BATCH steps of the slower model, timed once
-    here."""
+    lstmc Contenders and the number of rounds run. A batch lasts ``--target-ms``, or
+    (but with --quick) STEPS_PER_BATCH steps of the slower model (timed once here) if
+    longer, but not over MAX_BATCH_SECONDS unless one step takes longer."""
     with context():
         slowest = 0.0
         for m in models:
             t0 = time.perf_counter()
             step(m)
             slowest = max(slowest, time.perf_counter() - t0)
-        target = max(args.target_ms / 1e3, (1 if args.quick else STEPS_PER_BATCH) * slowest)
+        steps = 1 if args.quick else STEPS_PER_BATCH
+        target = max(args.target_ms / 1e3, min(steps * slowest, MAX_BATCH_SECONDS))
         cs = [Contender(key, loop(functools.partial(step, m)))
               for key, m in zip(("numpy", "lstmc"), models)]
         done = run_rounds(cs, args.rounds, target, progress(label), deadline)
     return cs, done
+
+
+def _ms(seconds):
+    return None if seconds is None else seconds * 1e3
 
 
 def _fmt_ms(seconds):
@@ -337,7 +353,7 @@ def run(env, args, report):
             speedup = paired_ratio(*cs)
             ratios.setdefault(name, {})[variant] = speedup
             entry["variants"][variant] = dict(
-                ms={c.key: median(c) and median(c) * 1e3 for c in cs}, speedup=speedup,
+                ms={c.key: _ms(median(c)) for c in cs}, speedup=speedup,
                 rounds=done, steps_per_batch={c.key: c.reps for c in cs},
                 samples_ms={c.key: [s * 1e3 for s in c.samples] for c in cs},
                 errors={c.key: c.error for c in cs if c.error})
@@ -350,8 +366,9 @@ def run(env, args, report):
     report["pipeline"] = dict(
         rows=results, lstmc_threads=lstmc.get_num_threads(), numpy_pinned=path is not None,
         pinned_skipped=why_not,
-        targets=[dict(zip(("case", "variant", "target", "measured", "verdict"), t))
-                 for t in targets])
+        targets=[dict(case=case, variant=variant, target=want,
+                      speedup=ratios[case].get(variant), verdict=verdict)
+                 for case, variant, want, _, verdict in targets])
 
 
 def _print(table_rows, targets, noise, why_not):

@@ -99,11 +99,15 @@ def header(env, args):
     env_vals = ["%s=%s" % (k, os.environ.get(k, "unset")) for k in ENV_VARS]
     env_vals += ["%s=%s" % (k, os.environ[k]) for k in OTHER_ENV_VARS if k in os.environ]
     lines.append("env:       " + "  ".join(env_vals))
-    thr = ["torch.set_num_threads(%d)" % env.torch_threads if env.torch else "torch -"]
+    import lstmc
+
+    thr = ["lstmc %d (n=1 columns: lstmc.threads(1))" % lstmc.get_num_threads()]
+    thr.append("torch.set_num_threads(%d)" % env.torch_threads if env.torch else "torch -")
     thr.append("onnxruntime intra_op_num_threads=%d" % env.ort_threads if env.ort
                else "onnxruntime -")
-    lines.append("threads:   " + ", ".join(thr) + "; OpenBLAS as listed above "
-                 "(pinned to 1 only in the threads section)")
+    lines.append("threads:   " + ", ".join(thr) + "; OpenBLAS pools at their defaults "
+                 "(listed above; SciPy's held at 1 by lstmc during its calls; NumPy's pinned "
+                 "to 1 only in the pipeline section's pinned rows)")
     lines.append("method:    %d alternating rounds (at least %d within a %s budget), "
                  "batches of ~%g ms, median per call;\n"
                  "           ratios > 1 favour lstmc except x/floor (lstmc / its BLAS floor)"
