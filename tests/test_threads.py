@@ -700,6 +700,7 @@ def test_cell_repeats_bit_identical_at_two_threads(restore_pool, dtype, size):
     (dx, dh_prev, dc_prev, grads) repeated, on a fresh layer and with the pool
     busy, are bit-identical."""
     lstmc.set_num_threads(2)
+    _work.force_split("rows")            # split whatever the size
     N, D, H = size
     W, fwd, bwd = _cell_data(21, N, D, H, dtype)
     layer = lstmc.LSTM(*W)
@@ -791,6 +792,7 @@ def test_cell_parity_across_thread_counts(restore_pool, dtype, size):
         return buf[:, ::2]
 
     x, h, c = fwd
+    _work.force_split("rows")            # split whatever the size
     for n in (1, 2, 3):
         lstmc.set_num_threads(n)
         for name, args in (("C", fwd), ("strided", (strided(x), strided(h), c))):
