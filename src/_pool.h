@@ -11,7 +11,10 @@
  * costs its share, not a stall per step.
  *
  * The rules:
- *  - Workers sleep on a condition variable; nothing spins.
+ *  - Idle workers sleep on a condition variable. A worker that finished a task
+ *    watches for the next call for 0.1 ms before it sleeps, and a caller
+ *    watches its helpers for 0.2 ms before it sleeps (waking a sleeping thread
+ *    costs tens of µs, in a VM more): bounded, then nothing spins.
  *  - At most `limit` threads (lstmc_set_threads) run lstmc work at once, over
  *    every Python thread calling lstmc: a call waits for a slot for its own
  *    thread (lstmc_call_begin), and takes helper slots only while free.
@@ -63,9 +66,14 @@ static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LSTMC_MAX_WORKERS 256
+/* How long an idle worker watches for the next call before it sleeps, and how
+ * long a caller watches for its helpers to finish before it sleeps. */
+#define LSTMC_WORKER_SPIN_NS 100000L
+#define LSTMC_CALLER_SPIN_NS 200000L
 
 typedef struct lstmc_job {
     lstmc_task_fn fn;
@@ -107,20 +115,50 @@ static void lstmc_run_tasks(lstmc_job *job)
     }
 }
 
+/* Spins until *flag is non-zero or `ns` nanoseconds have passed; returns the
+ * flag's last value. Pauses between reads and yields the core now and then, so a
+ * thread sharing it runs. */
+static long lstmc_spin(const void *const *flag, const int *count, long ns)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (flag != NULL ? __atomic_load_n(flag, __ATOMIC_ACQUIRE) != NULL
+                             : __atomic_load_n(count, __ATOMIC_ACQUIRE) == 0)
+                return 1;
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > ns) return 0;
+        sched_yield();
+    }
+}
+
 static void *lstmc_worker_main(void *arg)
 {
     lstmc_worker *w = (lstmc_worker *) arg;
     pthread_mutex_lock(&lstmc_mu);
     for (;;) {
-        while (w->job == NULL) pthread_cond_wait(&w->wake, &lstmc_mu);
+        if (w->job == NULL) {
+            /* Calls often come back to back: watch for the next one for a moment
+             * before sleeping (waking a sleeping thread costs tens of µs). */
+            pthread_mutex_unlock(&lstmc_mu);
+            lstmc_spin((const void *const *) &w->job, NULL, LSTMC_WORKER_SPIN_NS);
+            pthread_mutex_lock(&lstmc_mu);
+            while (w->job == NULL) pthread_cond_wait(&w->wake, &lstmc_mu);
+        }
         lstmc_job *job = w->job;
         w->started = 1;
         pthread_mutex_unlock(&lstmc_mu);
         lstmc_run_tasks(job);
         pthread_mutex_lock(&lstmc_mu);
-        w->job = NULL;
+        __atomic_store_n(&w->job, NULL, __ATOMIC_RELEASE);
         w->started = 0;
-        if (--job->active == 0) pthread_cond_broadcast(&lstmc_job_done);
+        if (__atomic_sub_fetch(&job->active, 1, __ATOMIC_ACQ_REL) == 0)
+            pthread_cond_broadcast(&lstmc_job_done);
     }
     return NULL;
 }
@@ -262,9 +300,9 @@ static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void
                 __atomic_fetch_sub(&lstmc_busy, 1, __ATOMIC_SEQ_CST);
                 break;
             }
-            w->job = &job;
+            __atomic_store_n(&w->job, &job, __ATOMIC_RELEASE);
             helpers[n++] = w;
-            job.active++;
+            __atomic_add_fetch(&job.active, 1, __ATOMIC_ACQ_REL);
             pthread_cond_signal(&w->wake);
         }
         pthread_mutex_unlock(&lstmc_mu);
@@ -276,11 +314,19 @@ static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void
      * waited for, only those running a task. */
     for (int i = 0; i < n; i++) {
         if (helpers[i]->job == &job && !helpers[i]->started) {
-            helpers[i]->job = NULL;
-            job.active--;
+            __atomic_store_n(&helpers[i]->job, NULL, __ATOMIC_RELEASE);
+            __atomic_sub_fetch(&job.active, 1, __ATOMIC_ACQ_REL);
         }
     }
-    while (job.active > 0) pthread_cond_wait(&lstmc_job_done, &lstmc_mu);
+    if (__atomic_load_n(&job.active, __ATOMIC_ACQUIRE) > 0) {
+        /* Helpers finish their last task about when the caller does: watch for a
+         * moment before sleeping. */
+        pthread_mutex_unlock(&lstmc_mu);
+        lstmc_spin(NULL, &job.active, LSTMC_CALLER_SPIN_NS);
+        pthread_mutex_lock(&lstmc_mu);
+    }
+    while (__atomic_load_n(&job.active, __ATOMIC_ACQUIRE) > 0)
+        pthread_cond_wait(&lstmc_job_done, &lstmc_mu);
     pthread_mutex_unlock(&lstmc_mu);
     lstmc_free_slots(n);
 }
