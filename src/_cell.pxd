@@ -34,8 +34,6 @@ cdef struct Plan:
                                 # (gate-major, added in by a loop), else m = 4H
     bint by_units               # the batch whole, each step a round of tasks over
                                 # slices of the H units (block and orientation unused)
-    int active                  # threads to run on now, <= threads (0: threads); the
-                                # tasks are the same whatever it is
 
 
 # lstmc's threads (_pool.h). Every numeric call runs between lstm_call_begin,
@@ -50,7 +48,6 @@ cdef int lstm_pool_workers() noexcept nogil          # worker threads made so fa
 cdef int lstm_blas_threads() noexcept nogil          # SciPy's BLAS count now, -1 unknown
 cdef bint lstm_blas_bound() noexcept nogil           # lstmc can pin SciPy's BLAS
 cdef int lstm_blas_set_threads(int n) noexcept nogil  # returns the count before, -1
-cdef int lstm_free_cores() noexcept nogil            # cores no thread runs on now, -1
 
 
 # True when a kernel accepts these sizes; largest_ld is the largest leading

@@ -41,7 +41,6 @@ cdef extern from "_pool.h" nogil:
     int lstmc_bind_blas(const void *sym)
     int lstmc_blas_threads_now()
     int lstmc_blas_set_threads(int n)
-    int lstmc_free_cores()
     void lstmc_pool_init()
 
 # --------------------------------------------------------------- threads
@@ -80,10 +79,6 @@ cdef bint lstm_blas_bound() noexcept nogil:
 
 cdef int lstm_blas_set_threads(int n) noexcept nogil:
     return lstmc_blas_set_threads(n)
-
-
-cdef int lstm_free_cores() noexcept nogil:
-    return lstmc_free_cores()
 
 
 # ------------------------------------------------------------ size rules
@@ -586,10 +581,9 @@ cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_
     if plan != NULL:
         a.plan = plan[0]
     else:                               # the caller's thread, the whole batch, m = 4H
-        a.plan.threads, a.plan.active, a.plan.block = 1, 1, N
+        a.plan.threads, a.plan.block = 1, N
     a.plan.block = max(1, min(a.plan.block, N))
     a.plan.threads = max(1, a.plan.threads)
-    a.plan.active = a.plan.threads if a.plan.active < 1 else min(a.plan.active, a.plan.threads)
     a.plan.by_units = a.plan.by_units and a.plan.threads > 1
     a.plan.recurrent_by_rows = a.plan.recurrent_by_rows and recurrent_scratch
     a.unit_piece = _ceil_div(_ceil_div(H, a.plan.threads), 16) * 16
@@ -626,7 +620,7 @@ cdef void _project(_SequenceArgs *a, const void *xs, Py_ssize_t row_spacing,
     """out (rows, 4H) = the rows of xs (`row_spacing` apart) @ Wx, on plan.threads."""
     cdef _SequenceArgs p = a[0]
     p.xs, p.row_spacing, p.rows, p.gates = xs, row_spacing, rows, out
-    lstmc_parallel(p.plan.active, p.plan.threads, _project_task, &p)
+    lstmc_parallel(p.plan.threads, p.plan.threads, _project_task, &p)
 
 
 cdef void _step_units(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
@@ -671,7 +665,7 @@ cdef void _run_step(_SequenceArgs *a, floating *gates, Py_ssize_t ldg,
     a.step_gates, a.ld_gates, a.step_h_prev, a.ld_h_prev = gates, ldg, h_prev, ldh
     a.step_c_prev, a.ld_c_prev, a.step_h_next, a.ld_h_next = c_prev, ldc, h_next, ldhn
     a.step_c_next, a.step_tanh_c, a.ld_c_next = c_next, tanh_c, ldcn
-    lstmc_parallel(a.plan.active, _ceil_div(a.hidden_size, a.unit_piece),
+    lstmc_parallel(a.plan.threads, _ceil_div(a.hidden_size, a.unit_piece),
                    _step_units_task, a)
 
 
@@ -766,7 +760,7 @@ cdef int lstm_sequence_forward(
     if a.plan.by_units:
         _forward_by_units(recurrent, &a)
     else:
-        lstmc_parallel(a.plan.active, _blocks(&a.plan, N), _forward_task, &a)
+        lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _forward_task, &a)
     return 0
 
 
@@ -853,7 +847,7 @@ cdef int lstm_sequence_infer(
     if a.plan.by_units:
         _infer_by_units(recurrent, &a)
     else:
-        lstmc_parallel(a.plan.active, _blocks(&a.plan, N), _infer_task, &a)
+        lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _infer_task, &a)
     return 0
 
 
@@ -1008,16 +1002,16 @@ cdef int lstm_sequence_backward(
         # A round per step, the last (step -1) for the gradient of h0.
         for t in range(T - 1, -2, -1):
             a.step = t
-            lstmc_parallel(a.plan.active, _ceil_div(H, a.unit_piece),
+            lstmc_parallel(a.plan.threads, _ceil_div(H, a.unit_piece),
                            _backward_units_task, &a)
     else:
-        lstmc_parallel(a.plan.active, _blocks(&a.plan, N), _backward_rows_task, &a)
+        lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _backward_rows_task, &a)
     # Then the products over all steps: one column block of the weight
     # gradients and one row block of dxs per thread.
     parts = a.plan.threads
     a.column_piece = _ceil_div(_ceil_div(G4, parts), 16) * 16
     a.column_tasks = _ceil_div(G4, a.column_piece)
     a.row_piece = _ceil_div(M, parts)
-    lstmc_parallel(a.plan.active, a.column_tasks + _ceil_div(M, a.row_piece),
+    lstmc_parallel(a.plan.threads, a.column_tasks + _ceil_div(M, a.row_piece),
                    _backward_products_task, &a)
     return 0

@@ -48,7 +48,6 @@ static int lstmc_bind_blas(const void *sym) { (void) sym; return 0; }
 static int lstmc_blas_threads_now(void) { return -1; }
 static int lstmc_blas_set_threads(int n) { (void) n; return -1; }
 static void lstmc_pool_init(void) {}
-static int lstmc_free_cores(void) { return -1; }
 static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void *ctx)
 {
     (void) threads;
@@ -61,13 +60,10 @@ static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void
 #define _GNU_SOURCE
 #endif
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #define LSTMC_MAX_WORKERS 256
 /* How long an idle worker watches for the next call before it sleeps, and how
@@ -385,38 +381,6 @@ static int lstmc_blas_set_threads(int n)
     int before = lstmc_blas_get();
     lstmc_blas_set(n);
     return before;
-}
-
-/* How many of the cores this process may use no thread is running on now, the
- * caller's core counted free: the cores less the runnable threads of the whole
- * system but the caller (Linux: /proc/loadavg's fourth field). A spinning BLAS
- * pool or another process shows here. -1: unknown. */
-static int lstmc_free_cores(void)
-{
-    static int cores = 0;
-    char buf[128];
-    if (cores == 0) {
-        cpu_set_t set;
-        cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
-                                                             : (int) sysconf(_SC_NPROCESSORS_ONLN);
-        if (cores < 1) cores = 1;
-    }
-    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = 0;
-    char *p = buf;                      /* "0.27 0.82 1.35 2/345 12345" */
-    for (int k = 0; k < 3; k++) {
-        p = strchr(p, ' ');
-        if (p == NULL) return -1;
-        p++;
-    }
-    int running = atoi(p);
-    if (running < 1) return -1;
-    int free = cores - (running - 1);
-    return free < 1 ? 1 : free;
 }
 
 /* SciPy's BLAS thread count now (-1: unknown). */

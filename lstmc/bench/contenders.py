@@ -30,14 +30,12 @@ from lstmc.bench.timing import Contender, error_text, loop
 __all__ = ["weights", "check", "in_run_order", "outputs", "layer_contenders",
            "torch_contenders", "onnxruntime_contenders", "floor_contenders"]
 
-# The order contenders run in within a round: lstmc's forward beside its floor and
-# beside inference, inference beside onnxruntime, backward beside its floor, so that
-# in most rounds (not where the rotation cuts a pair) those run back to back.
-# Each thread pool's contenders are also kept together: a pause (SETTLE) comes only
-# where the pool changes.
-RUN_ORDER = ("fwd", "floor fwd", "inf", "ort inf", "torch inf", "torch f+b", "numpy fwd",
-             "numpy f+b", "f+b", "bwd", "floor bwd", "n=1 inf", "floor n=1 fwd", "n=1 bwd",
-             "floor n=1 bwd")
+# The order contenders run in within a round: lstmc's contenders together, then the
+# floor's, ORT's, torch's and NumPy's, each pool's together so that a pause (SETTLE)
+# comes only where the pool changes, and in each the default threads before n=1.
+RUN_ORDER = ("fwd", "inf", "f+b", "bwd", "n=1 inf", "n=1 bwd",
+             "floor fwd", "floor bwd", "floor n=1 fwd", "floor n=1 bwd",
+             "ort inf", "torch inf", "torch f+b", "numpy fwd", "numpy f+b")
 
 
 def in_run_order(cs):

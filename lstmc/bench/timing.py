@@ -25,9 +25,10 @@ MIN_ROUNDS = 3                 # never fewer, whatever the time budget
 # long, more than the spin lasts, whenever the thread pool changes.
 SETTLE = 0.15
 
-# Each thread pool a contender's calls run on, by the prefix of its key: SciPy's
-# OpenBLAS (lstmc and the floor) for any other key.
-POOLS = ("numpy", "torch", "ort")
+# Each thread pool a contender's calls run on, by the prefix of its key: the floor
+# runs on SciPy's OpenBLAS threads, lstmc (any other key) on its own (SciPy's
+# OpenBLAS held at one thread meanwhile), so the two are separated by a pause too.
+POOLS = ("numpy", "torch", "ort", "floor")
 
 
 class Contender:
@@ -43,7 +44,7 @@ class Contender:
 
     @property
     def pool(self):
-        return next((name for name in POOLS if self.key.startswith(name)), "scipy")
+        return next((name for name in POOLS if self.key.startswith(name)), "lstmc")
 
 
 def batched(run, context=None):
