@@ -107,10 +107,15 @@ def test_ratios_are_taken_within_rounds_and_neighbours_run_back_to_back():
     assert timing.paired_ratio(contender("x", [6], [9]), b) == 6 / 4
     assert timing.paired_ratio(contender("x", [], []), b) is None
 
-    keys = ["numpy fwd", "bwd", "ort inf", "floor bwd", "f+b", "floor fwd", "inf", "fwd"]
-    order = [c.key for c in contenders.in_run_order([contender(k, [], []) for k in keys])]
-    assert order == ["fwd", "floor fwd", "inf", "ort inf", "numpy fwd", "f+b", "bwd",
-                     "floor bwd"]
+    # Each thread pool's contenders run together (a pause only where the pool
+    # changes): lstmc's (its own pool), the floor's (SciPy's OpenBLAS), ORT's, NumPy's.
+    keys = ["numpy fwd", "bwd", "ort inf", "floor bwd", "f+b", "floor fwd", "inf", "fwd",
+            "n=1 inf", "floor n=1 fwd"]
+    cs = contenders.in_run_order([contender(k, [], []) for k in keys])
+    assert [c.key for c in cs] == ["fwd", "inf", "f+b", "bwd", "n=1 inf", "floor fwd",
+                                   "floor bwd", "floor n=1 fwd", "ort inf", "numpy fwd"]
+    pools = [c.pool for c in cs]
+    assert pools == ["lstmc"] * 5 + ["floor"] * 3 + ["ort", "numpy"]
 
 
 def test_rounds_alternate_who_goes_first():
