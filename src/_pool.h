@@ -18,9 +18,9 @@
  *  - At most `limit` threads (lstmc_set_threads) run lstmc work at once, over
  *    every Python thread calling lstmc: a call waits for a slot for its own
  *    thread (lstmc_call_begin), and takes helper slots only while free.
- *  - While any lstmc call runs, SciPy's OpenBLAS runs one thread per caller
- *    (its count is set to 1 and restored when the last call ends), so BLAS
- *    never adds threads of its own. Found by dlsym in the library that holds
+ *  - While an lstmc call large enough for BLAS to thread runs, SciPy's
+ *    OpenBLAS runs one thread per caller (its count is set to 1 and restored
+ *    when the last such call ends), so BLAS never adds threads of its own. Found by dlsym in the library that holds
  *    SciPy's sgemm; if it is not OpenBLAS, its threads are left alone.
  *  - Task boundaries depend on the sizes and the thread limit only, never on
  *    which thread runs a task: results are bit-identical run to run.
@@ -42,7 +42,7 @@ static int lstmc_limit = 1;
 static void lstmc_call_begin(int pin) { (void) pin; }
 static void lstmc_call_end(int pin) { (void) pin; }
 static void lstmc_set_threads(int n) { lstmc_limit = n < 1 ? 1 : n; }
-static int lstmc_get_threads(void) { return __atomic_load_n(&lstmc_limit, __ATOMIC_SEQ_CST); }
+static int lstmc_get_threads(void) { return lstmc_limit; }
 static int lstmc_pool_workers(void) { return 0; }
 static int lstmc_bind_blas(const void *sym) { (void) sym; return 0; }
 static int lstmc_blas_threads_now(void) { return -1; }

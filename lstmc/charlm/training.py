@@ -11,8 +11,8 @@ batches are cut deterministically, so two runs with the same arguments and
 budget only ever applies when ``--steps`` is not given.
 """
 
-import math
 import contextlib
+import math
 import os
 import sys
 import time
