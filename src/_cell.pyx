@@ -596,8 +596,8 @@ cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_
 # slice of Wh on one thread only.
 
 cdef void _project_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
-    """gates (rows, 4H) = x @ Wx for this task's share of rows first_row .. of the
-    (N*T, D) stacked inputs (evenly spaced, see _evenly_spaced) into a.gates."""
+    """a.gates (a.rows, 4H) = x @ Wx, this task's share of the a.rows input rows
+    at a.xs, a.row_spacing elements apart."""
     cdef Py_ssize_t D = a.input_size, G4 = 4 * a.hidden_size
     cdef Py_ssize_t piece = _ceil_div(a.rows, a.plan.threads)
     cdef Py_ssize_t first = task * piece
