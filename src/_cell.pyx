@@ -120,13 +120,17 @@ cdef void lstm_gates_backward(
 
 cdef inline void _affine(Py_ssize_t N, Py_ssize_t K, Py_ssize_t G4,
                          const floating *x, Py_ssize_t ldx, const floating *W,
-                         floating beta, floating *C, Py_ssize_t ldc) noexcept nogil:
-    """C := x @ W + beta * C, x (N, K), W (K, G4) contiguous. One row goes to gemv:
-    some OpenBLAS kernels run a one-row gemm far slower than the same gemv."""
+                         floating beta, floating *C, Py_ssize_t ldc,
+                         Py_ssize_t ldw=0) noexcept nogil:
+    """C := x @ W + beta * C, x (N, K), W (K, G4) with leading dimension ldw (0:
+    G4, contiguous). One row goes to gemv: some OpenBLAS kernels run a one-row
+    gemm far slower than the same gemv."""
+    if ldw == 0:
+        ldw = G4
     if N == 1:
-        gemv_t(K, G4, 1, W, G4, x, beta, C)
+        gemv_t(K, G4, 1, W, ldw, x, beta, C)
     else:
-        gemm(c'n', c'n', N, G4, K, 1, x, ldx, W, G4, beta, C, ldc)
+        gemm(c'n', c'n', N, G4, K, 1, x, ldx, W, ldw, beta, C, ldc)
 
 
 cdef inline void _copy_rows(floating *dst, Py_ssize_t ld_dst, const floating *src,
@@ -160,13 +164,16 @@ cdef int _step_forward_rows(
     return 0
 
 
-# A step on several threads: the forward splits the batch into row blocks
-# (one row: the 4H columns of its products into blocks, the gate loop after);
+cdef Py_ssize_t _COLUMNS_FROM_H = 256     # a cell's forward splits columns from this H
+
+# A step on several threads: the forward splits the batch into row blocks (one
+# row, or H from _COLUMNS_FROM_H: the 4H columns of its products into blocks,
+# so that each thread reads only its slice of the weights, the gate loop after);
 # the backward runs its gate loop and dx, dh_prev by row blocks, then the
 # weight gradients by column blocks (one row: by blocks of Wx's and Wh's rows).
 
 cdef struct _StepArgs:
-    bint double_precision
+    bint double_precision, by_columns
     Py_ssize_t batch, input_size, hidden_size, block, piece, pieces
     const void *x
     Py_ssize_t ldx
@@ -214,14 +221,15 @@ cdef inline floating *_at_out(void *p, Py_ssize_t offset, floating *kind) noexce
 cdef void _step_forward_part(floating *kind, const _StepArgs *a, ptrdiff_t task) noexcept nogil:
     cdef Py_ssize_t D = a.input_size, H = a.hidden_size, G4 = 4 * H
     cdef Py_ssize_t first, width
-    if a.batch == 1:                 # columns first .. first + width of both products
+    if a.by_columns:                 # columns first .. first + width of both products
         first = task * a.piece
         width = min(a.piece, G4 - first)
-        gemv_t(D, width, 1, <const floating *> a.Wx + first, G4, <const floating *> a.x, 0,
-               <floating *> a.gates + first)
+        _affine(a.batch, D, width, <const floating *> a.x, a.ldx,
+                <const floating *> a.Wx + first, 0, <floating *> a.gates + first, a.ldg, G4)
         if a.h_prev != NULL:
-            gemv_t(H, width, 1, <const floating *> a.Wh + first, G4,
-                   <const floating *> a.h_prev, 1, <floating *> a.gates + first)
+            _affine(a.batch, H, width, <const floating *> a.h_prev, a.ldhp,
+                    <const floating *> a.Wh + first, 1, <floating *> a.gates + first, a.ldg,
+                    G4)
         return
     first = task * a.block
     width = min(a.block, a.batch - first)
@@ -279,9 +287,13 @@ cdef int lstm_step_forward(
     a.Wx, a.Wh, a.b = Wx, Wh, b
     a.gates, a.ldg, a.h_next, a.ldhn = gates, ldg, h_next, ldhn
     a.c_next, a.ldcn, a.tanh_c, a.ldtc = c_next, ldcn, tanh_c, ldtc
-    lstmc_parallel(threads, a.pieces if N == 1 else _ceil_div(N, a.block),
+    # One row, or weights too large for every thread to read them all: the
+    # products by columns (each thread reads its slice of Wx and Wh), then the
+    # gate loop. Else rows, the gate loop in each task.
+    a.by_columns = N == 1 or H >= _COLUMNS_FROM_H
+    lstmc_parallel(threads, a.pieces if a.by_columns else _ceil_div(N, a.block),
                    _step_forward_task, &a)
-    if N == 1:
+    if a.by_columns:
         gates_forward(N, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
                       h_next, ldhn, tanh_c, ldtc)
     return 0
