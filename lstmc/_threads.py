@@ -4,9 +4,10 @@ lstmc has its own pool of worker threads (they sleep when idle). A call splits
 its work into tasks (whole rows of the batch through every step, column blocks
 of the weight gradients) that the calling thread and free workers take in
 turn. The limit counts every thread doing lstmc work at once, over all Python
-threads that call lstmc; while a call runs, SciPy's BLAS is held at one thread
-(lstmc restores its setting when its last running call returns), so BLAS does
-not add threads of its own. NumPy's BLAS is never touched.
+threads that call lstmc; while a call large enough for BLAS to thread runs,
+SciPy's BLAS is held at one thread (lstmc restores its setting when the last
+such call returns), so BLAS does not add threads of its own. NumPy's BLAS is
+never touched.
 
 Default: LSTMC_NUM_THREADS when set, else the cores this process may run on
 (os.sched_getaffinity). 1 runs every call on its caller's thread.
