@@ -37,20 +37,6 @@ cdef extern from "_gates.h" nogil:
                                 double *G, Py_ssize_t ldg)
 
 
-cdef inline void gates_forward(
-    Py_ssize_t N, Py_ssize_t H, floating *gates, Py_ssize_t ldg, const floating *b,
-    const floating *c_prev, Py_ssize_t ldcp, floating *c_next, Py_ssize_t ldcn,
-    floating *h_next, Py_ssize_t ldhn, floating *tanh_c, Py_ssize_t ldtc,
-) noexcept nogil:
-    """gates := activated f, g, i, o of gates + b; c_next, h_next (and tanh(c_next))."""
-    if floating is float:
-        lstmc_gates_forward_f(N, H, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
-                              h_next, ldhn, tanh_c, ldtc)
-    else:
-        lstmc_gates_forward_d(N, H, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
-                              h_next, ldhn, tanh_c, ldtc)
-
-
 cdef inline void gates_forward_units(
     Py_ssize_t N, Py_ssize_t units, Py_ssize_t H, floating *gates, Py_ssize_t ldg,
     const floating *b, const floating *c_prev, Py_ssize_t ldcp, floating *c_next,
@@ -66,20 +52,14 @@ cdef inline void gates_forward_units(
                               h_next, ldhn, tanh_c, ldtc)
 
 
-cdef inline void gates_backward(
-    Py_ssize_t N, Py_ssize_t H, const floating *dh, Py_ssize_t lddh,
-    const floating *dh2, Py_ssize_t lddh2, const floating *dc, Py_ssize_t lddc,
-    const floating *gates, Py_ssize_t ldg, const floating *c_prev, Py_ssize_t ldcp,
-    const floating *tanh_c, Py_ssize_t ldtc, floating *dA, Py_ssize_t ldda,
-    floating *dc_prev, Py_ssize_t lddcp,
+cdef inline void gates_forward(
+    Py_ssize_t N, Py_ssize_t H, floating *gates, Py_ssize_t ldg, const floating *b,
+    const floating *c_prev, Py_ssize_t ldcp, floating *c_next, Py_ssize_t ldcn,
+    floating *h_next, Py_ssize_t ldhn, floating *tanh_c, Py_ssize_t ldtc,
 ) noexcept nogil:
-    """dA := gradient of the pre-activations; dc_prev (may be dc)."""
-    if floating is float:
-        lstmc_gates_backward_f(N, H, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
-                               c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
-    else:
-        lstmc_gates_backward_d(N, H, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
-                               c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
+    """gates := activated f, g, i, o of gates + b; c_next, h_next (and tanh(c_next))."""
+    gates_forward_units(N, H, H, gates, ldg, b, c_prev, ldcp, c_next, ldcn,
+                        h_next, ldhn, tanh_c, ldtc)
 
 
 cdef inline void gates_backward_units(
@@ -96,6 +76,18 @@ cdef inline void gates_backward_units(
     else:
         lstmc_gates_backward_d(N, units, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg,
                                c_prev, ldcp, tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
+
+
+cdef inline void gates_backward(
+    Py_ssize_t N, Py_ssize_t H, const floating *dh, Py_ssize_t lddh,
+    const floating *dh2, Py_ssize_t lddh2, const floating *dc, Py_ssize_t lddc,
+    const floating *gates, Py_ssize_t ldg, const floating *c_prev, Py_ssize_t ldcp,
+    const floating *tanh_c, Py_ssize_t ldtc, floating *dA, Py_ssize_t ldda,
+    floating *dc_prev, Py_ssize_t lddcp,
+) noexcept nogil:
+    """dA := gradient of the pre-activations; dc_prev (may be dc)."""
+    gates_backward_units(N, H, H, dh, lddh, dh2, lddh2, dc, lddc, gates, ldg, c_prev, ldcp,
+                         tanh_c, ldtc, dA, ldda, dc_prev, lddcp)
 
 
 cdef inline void column_sums(Py_ssize_t N, Py_ssize_t M, const floating *X, Py_ssize_t ldx,

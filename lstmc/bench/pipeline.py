@@ -53,6 +53,7 @@ from lstmc import _blas_threads, reference
 from lstmc.bench.compare import collect_errors
 from lstmc.bench.report import fmt_ratio, progress, say, spread_line, table, target_lines
 from lstmc.bench.timing import Contender, loop, median, paired_ratio, run_rounds
+from lstmc.charlm.model import Adam
 
 __all__ = ["run", "n_cases", "SIZES", "INFERENCE", "GENERATE_STEPS", "TARGETS"]
 
@@ -79,27 +80,6 @@ VARIANTS = ("defaults", "NumPy pinned")
 
 # -- the model ---------------------------------------------------------------------
 
-class _Adam:
-    """The book's Adam: bias correction folded into the step size."""
-
-    def __init__(self, lr=LR, beta1=0.9, beta2=0.999):
-        self.lr, self.beta1, self.beta2 = lr, beta1, beta2
-        self.iter = 0
-        self.m = self.v = None
-
-    def update(self, params, grads):
-        if self.m is None:
-            self.m = [np.zeros_like(p) for p in params]
-            self.v = [np.zeros_like(p) for p in params]
-        self.iter += 1
-        t = self.iter
-        lr_t = self.lr * np.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
-        for p, g, m, v in zip(params, grads, self.m, self.v):
-            m += (1 - self.beta1) * (g - m)
-            v += (1 - self.beta2) * (g ** 2 - v)
-            p -= lr_t * m / (np.sqrt(v) + 1e-7)
-
-
 def _softmax(scores):
     e = np.exp(scores - scores.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -123,7 +103,7 @@ class _LanguageModel:
         self.dE, self.dW, self.dbias = (np.zeros_like(a) for a in (E, W, bias))
         self.params = [E, *self.lstm.params, W, bias]
         self.grads = [self.dE, *self.lstm.grads, self.dW, self.dbias]
-        self.optimizer = _Adam()
+        self.optimizer = Adam(lr=LR, eps=1e-7)    # the book's Adam, the demo's code
 
     def _scores(self, ids, train):
         xs = self.E[ids]                                     # (N, T, D)
