@@ -5,23 +5,22 @@ timed six ways, in alternating rounds like every other section, and each contend
 median is reported as sequences per second, next to its ratio to the single-process,
 single-thread forward (so a perfect two-worker cluster would show 2.00x):
 
-* ``TimeLSTM.forward``: one call over the whole array in this process, BLAS pinned to
-  one thread like each worker (with threadpoolctl, the ``bench`` extra; without it,
-  unpinned, and the header line says so);
+* ``TimeLSTM.forward``: one call over the whole array in this process, on one thread
+  (``lstmc.threads(1)``; the BLAS pools pinned too where threadpoolctl can);
 * ``dask, synchronous``: ``lstmc.dask.predict(...).compute(scheduler="sync")``, the
   same process and thread, block after block: Dask's graph overhead alone;
-* ``LocalCluster, input from client``: two worker processes (1 thread each, BLAS
-  pinned to 1 thread by the nanny) on loopback; the input lives in this process and
+* ``LocalCluster, input from client``: two worker processes (1 Dask thread each,
+  BLAS pinned to 1 thread by the nanny, lstmc at its default threads, which the row
+  says) on loopback; the input lives in this process and
   travels to the workers, the hidden states travel back: the whole cost of handing
   the job to a cluster;
 * ``LocalCluster, input on workers``: the same, with the input persisted on the
   workers beforehand (as when the workers read it from Zarr or a shared file): only
   the results travel; and the same with ``last_only=True`` (only the last step's h
   travels back: N x H instead of N x T x H);
-* ``TimeLSTM.forward, BLAS threads``: the whole-array forward with BLAS's own threads
-  (one per core), for reference: what one process gets from the same cores without
-  Dask. On a loaded machine multi-threaded BLAS suffers most: each small gemm waits
-  for all its threads.
+* ``TimeLSTM.forward, lstmc threads``: the whole-array forward on lstmc's own threads
+  (its default: one per core), for reference: what one process gets from the same
+  cores without Dask.
 
 Every contender's result is compared with the forward's (``agrees``): ``exact``
 when bit for bit, ``within <tol>`` at the tolerance lstmc promises (blocks of
@@ -117,10 +116,11 @@ def _fmt(value, fmt):
 
 
 def _pinned(fn):
-    """fn, run with BLAS pinned to one thread (unpinned without threadpoolctl)."""
+    """fn, run on one thread: lstmc.threads(1), and the BLAS pools at one thread
+    (when threadpoolctl can pin them)."""
 
     def run_pinned():
-        with _blas_threads.limit(1):
+        with _blas_threads.limit(1), lstmc.threads(1):
             return fn()
     return run_pinned
 
@@ -160,9 +160,9 @@ def _time_on_cluster(layer, x, xs, rounds, target):
                 .result(timeout=600)
 
         forward = functools.partial(layer.forward, x, train=False)
-        one = ("1 process x 1 thread" if _blas_threads.available()
-               else "1 process, BLAS unpinned")
-        two = "2 processes x 1 thread"
+        one = "1 process x 1 thread"
+        two = "2 processes x %s lstmc threads" % "/".join(
+            sorted({str(n) for n in client.run(lstmc.get_num_threads).values()}))
         contenders = [
             ("TimeLSTM.forward", one, _pinned(forward)),
             ("dask, synchronous", one,
@@ -170,8 +170,8 @@ def _time_on_cluster(layer, x, xs, rounds, target):
             ("LocalCluster, input from client", two, on_cluster(xs)),
             ("LocalCluster, input on workers", two, on_cluster(on_workers)),
             ("  the same, last_only=True", two, on_cluster(on_workers, last_only=True)),
-            ("TimeLSTM.forward, BLAS threads", "1 process x %s threads" % blas_threads(),
-             forward),
+            ("TimeLSTM.forward, lstmc threads",
+             "1 process x %d threads" % lstmc.get_num_threads(), forward),
         ]
         timed = [(name, where, _agreement(fn(), want_last if "last_only" in name else want),
                   Contender(name, loop(fn)))
