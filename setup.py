@@ -1,7 +1,8 @@
 """Build lstmc's extensions. Metadata lives in pyproject.toml.
 
 The Cython sources are in src/:
-  - _cell.pyx -> lstmc._cell, the kernels. Its .pxd files are installed beside
+  - _cell.pyx (including _cell_step.pxi and _cell_sequence.pxi) -> lstmc._cell,
+    the kernels. Its .pxd files are installed beside
     it (lstmc/_cell.pxd) so that other Cython code can
     `from lstmc._cell cimport lstm_step_forward`.
   - _work.pyx.in -> lstmc._work, the per-layer work objects: a Tempita template
@@ -125,7 +126,8 @@ def extension(module, pyx, depends):
 
 write_blas_int()
 render_work()
-DEPENDS = ["src/_gates.h", "src/_pool.h", "src/_gates.pxd", "src/_blas.pxd", "src/_cell.pxd",
+DEPENDS = ["src/_gates.h", "src/_pool.h", "src/_cell_step.pxi", "src/_cell_sequence.pxi",
+           "src/_gates.pxd", "src/_blas.pxd", "src/_cell.pxd",
            "src/_work.pyx.in"]
 extensions = [
     extension("lstmc._cell", "src/_cell.pyx", DEPENDS),

@@ -1,0 +1,606 @@
+# lstmc._cell, a whole sequence: included by _cell.pyx (one module, one C-level
+# API). The time loop, split by row blocks or by unit slices per step.
+from cython cimport floating
+
+
+# ---------------------------------------------------------- a sequence
+
+cdef inline Py_ssize_t _step_ld(Py_ssize_t N, Py_ssize_t T, Py_ssize_t D,
+                                Py_ssize_t seq_stride, Py_ssize_t step_stride) noexcept nogil:
+    """The leading dimension that reads the N*T rows of xs, sequence by sequence,
+    as one matrix: meaningful only when `_evenly_spaced`."""
+    if T > 1:
+        return step_stride
+    return seq_stride if N > 1 else D
+
+
+cdef inline bint _evenly_spaced(Py_ssize_t N, Py_ssize_t T, Py_ssize_t seq_stride,
+                                Py_ssize_t step_stride) noexcept nogil:
+    """True when the N*T rows of xs, sequence-major, are evenly spaced: one gemm
+    reads them all."""
+    return N == 1 or T == 1 or seq_stride == T * step_stride
+
+
+cdef inline void _initial_state(Py_ssize_t N, Py_ssize_t H, const floating *h0,
+                                const floating *c0, floating *h_last,
+                                floating *c_last) noexcept nogil:
+    if h0 != NULL:
+        memcpy(h_last, h0, N * H * sizeof(floating))
+    else:
+        memset(h_last, 0, N * H * sizeof(floating))
+    if c0 != NULL:
+        memcpy(c_last, c0, N * H * sizeof(floating))
+    else:
+        memset(c_last, 0, N * H * sizeof(floating))
+
+
+# Each sequence kernel splits the batch into blocks of plan.block rows and runs
+# every block through all T steps as one task (rows never interact in the
+# forward, nor in the backward's time loop), on up to plan.threads threads. The
+# backward's products over all steps then split the weight gradients by
+# columns and dxs by rows. Task boundaries depend on the sizes and the plan
+# only: results do not depend on which thread ran which task.
+
+cdef struct _SequenceArgs:
+    bint double_precision
+    Py_ssize_t batch, steps, input_size, hidden_size, chunk_steps
+    Plan plan
+    const void *xs
+    Py_ssize_t xs_seq_stride, xs_step_stride
+    const void *dhs
+    Py_ssize_t dhs_seq_stride, dhs_step_stride
+    const void *Wx
+    const void *Wh
+    const void *b
+    const void *h0
+    const void *c0
+    void *hs
+    void *h_last
+    void *c_last
+    void *gates
+    void *cells
+    void *tanh_cells
+    void *h_prevs
+    void *recurrent
+    void *chunk_gates
+    void *chunk_inputs
+    void *dA
+    void *dc_carry
+    void *dxs
+    void *dh0
+    void *dWx
+    void *dWh
+    void *db
+    Py_ssize_t column_piece, row_piece, column_tasks   # the backward's second phase
+    Py_ssize_t unit_piece, step                        # plan.by_units: a round per step
+    Py_ssize_t rows, row_spacing                       # by_units: rows being projected
+    # by_units, the forward: the step a round runs, each matrix with its ld
+    void *step_gates
+    const void *step_h_prev
+    const void *step_c_prev
+    void *step_h_next
+    void *step_c_next
+    void *step_tanh_c
+    Py_ssize_t ld_gates, ld_h_prev, ld_c_prev, ld_h_next, ld_c_next
+
+
+cdef inline Py_ssize_t _block_rows(const _SequenceArgs *a, ptrdiff_t task,
+                                   Py_ssize_t *first) noexcept nogil:
+    first[0] = task * a.plan.block
+    return min(a.plan.block, a.batch - first[0])
+
+
+cdef inline Py_ssize_t _blocks(const Plan *plan, Py_ssize_t N) noexcept nogil:
+    return _ceil_div(N, max(plan.block, 1))
+
+
+cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
+                         const floating *h_prev, Py_ssize_t ldh, const floating *Wh,
+                         floating *gates, Py_ssize_t ldg, floating *recurrent) noexcept nogil:
+    cdef Py_ssize_t G4 = 4 * H
+    if N == 1:
+        gemv_t(H, G4, 1, Wh, G4, h_prev, 1, gates)
+    elif by_rows:
+        # BLAS's m is the batch: h and Wh read transposed, the product gate-major.
+        gemm(c't', c't', G4, N, H, 1, Wh, G4, h_prev, ldh, 0, recurrent, N)
+        add_transposed(N, G4, recurrent, N, gates, ldg)
+    else:
+        gemm(c'n', c'n', N, G4, H, 1, h_prev, ldh, Wh, G4, 1, gates, ldg)
+
+
+cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    cdef Py_ssize_t D = a.input_size, H = a.hidden_size, T = a.steps
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
+    cdef Py_ssize_t first, n, t
+    cdef Py_ssize_t N = _block_rows(a, task, &first)
+    cdef Py_ssize_t ldx = _step_ld(N, T, D, a.xs_seq_stride, a.xs_step_stride)
+    cdef const floating *xs = <const floating *> a.xs + first * a.xs_seq_stride
+    cdef const floating *Wx = <const floating *> a.Wx
+    cdef const floating *Wh = <const floating *> a.Wh
+    cdef const floating *b = <const floating *> a.b
+    cdef const floating *h0 = _at(a.h0, first * H, kind)
+    cdef const floating *c0 = _at(a.c0, first * H, kind)
+    cdef floating *hs = _at_out(a.hs, first * TH, kind)
+    cdef floating *gates = _at_out(a.gates, first * TG, kind)
+    cdef floating *cells = _at_out(a.cells, first * TH, kind)
+    cdef floating *tanh_cells = _at_out(a.tanh_cells, first * TH, kind)
+    cdef floating *h_prevs = _at_out(a.h_prevs, first * TH, kind)
+    cdef floating *recurrent = _at_out(a.recurrent, first * G4, kind)
+    cdef const floating *h_prev
+    cdef const floating *c_prev
+    if _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
+        _affine(N * T, D, G4, xs, ldx, Wx, 0, gates, G4)      # gates = xs @ Wx, all steps
+    else:                                                     # rows in place, a gemm per sequence
+        for n in range(N):
+            _affine(T, D, G4, xs + n * a.xs_seq_stride, a.xs_step_stride, Wx, 0,
+                    gates + n * TG, G4)
+    # Step t reads h and c of step t - 1 in place, as (N, H) slices with ld T*H.
+    for t in range(T):
+        h_prev = hs + (t - 1) * H if t > 0 else h0
+        c_prev = cells + (t - 1) * H if t > 0 else c0
+        if h_prev != NULL:
+            lstm_recurrent(N, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H, Wh,
+                           gates + t * G4, TG, recurrent)
+        gates_forward(N, H, gates + t * G4, TG, b, c_prev, TH if t > 0 else H,
+                      cells + t * H, TH, hs + t * H, TH, tanh_cells + t * H, TH)
+    # Backward's dWh needs every step's h_prev as one (N*T, H) matrix.
+    for n in range(N):
+        if h0 != NULL:
+            memcpy(h_prevs + n * TH, h0 + n * H, H * sizeof(floating))
+        else:
+            memset(h_prevs + n * TH, 0, H * sizeof(floating))
+        memcpy(h_prevs + n * TH + H, hs + n * TH, (T - 1) * H * sizeof(floating))
+    _copy_rows(_at_out(a.h_last, first * H, kind), H, hs + (T - 1) * H, TH, N, H)
+    _copy_rows(_at_out(a.c_last, first * H, kind), H, cells + (T - 1) * H, TH, N, H)
+
+
+cdef void _forward_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _forward_rows(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _forward_rows(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_t D,
+                         Py_ssize_t H, const Plan *plan, floating *kind,
+                         bint recurrent_scratch) noexcept nogil:
+    memset(a, 0, sizeof(_SequenceArgs))
+    a.double_precision = floating is double
+    a.batch, a.steps, a.input_size, a.hidden_size = N, T, D, H
+    if plan != NULL:
+        a.plan = plan[0]
+    else:                               # the caller's thread, the whole batch, m = 4H
+        a.plan.threads, a.plan.block = 1, N
+    a.plan.block = max(1, min(a.plan.block, N))
+    a.plan.threads = max(1, a.plan.threads)
+    a.plan.by_units = a.plan.by_units and a.plan.threads > 1
+    a.plan.recurrent_by_rows = a.plan.recurrent_by_rows and recurrent_scratch
+    a.unit_piece = _ceil_div(_ceil_div(H, a.plan.threads), 16) * 16
+
+
+# By units (plan.by_units): for large H the batch is not split; every step runs
+# as a round of tasks over slices of the H units, each computing its slice of
+# the four gates' products and the gate loop for it. A round per step costs a
+# wake-up per step, small beside such a step; the products by slices read each
+# slice of Wh on one thread only.
+
+cdef void _project_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    """a.gates (a.rows, 4H) = x @ Wx, this task's share of the a.rows input rows
+    at a.xs, a.row_spacing elements apart."""
+    cdef Py_ssize_t D = a.input_size, G4 = 4 * a.hidden_size
+    cdef Py_ssize_t piece = _ceil_div(a.rows, a.plan.threads)
+    cdef Py_ssize_t first = task * piece
+    cdef Py_ssize_t width = min(piece, a.rows - first)
+    cdef Py_ssize_t ld = a.row_spacing
+    if width > 0:
+        _affine(width, D, G4, <const floating *> a.xs + first * ld, ld,
+                <const floating *> a.Wx, 0, <floating *> a.gates + first * G4, G4)
+
+
+cdef void _project_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _project_rows(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _project_rows(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _project(_SequenceArgs *a, const void *xs, Py_ssize_t row_spacing,
+                   Py_ssize_t rows, void *out) noexcept nogil:
+    """out (rows, 4H) = the rows of xs (`row_spacing` apart) @ Wx, on plan.threads."""
+    cdef _SequenceArgs p = a[0]
+    p.xs, p.row_spacing, p.rows, p.gates = xs, row_spacing, rows, out
+    lstmc_parallel(p.plan.threads, p.plan.threads, _project_task, &p)
+
+
+cdef void _step_units(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    """The step set in a.step_*, units j0 .. j0 + width: their four gates'
+    recurrent products and the gate loop."""
+    cdef Py_ssize_t N = a.batch, H = a.hidden_size, G4 = 4 * H
+    cdef Py_ssize_t j0 = task * a.unit_piece
+    cdef Py_ssize_t width = min(a.unit_piece, H - j0)
+    cdef Py_ssize_t ldg = a.ld_gates
+    cdef Py_ssize_t g
+    cdef floating *gates = <floating *> a.step_gates
+    cdef const floating *h_prev = <const floating *> a.step_h_prev
+    cdef const floating *Wh = <const floating *> a.Wh
+    if h_prev != NULL:
+        for g in range(4):
+            if N == 1:
+                gemv_t(H, width, 1, Wh + g * H + j0, G4, h_prev, 1, gates + g * H + j0)
+            else:
+                gemm(c'n', c'n', N, width, H, 1, h_prev, a.ld_h_prev, Wh + g * H + j0, G4, 1,
+                     gates + g * H + j0, ldg)
+    gates_forward_units(N, width, H, gates + j0, ldg, <const floating *> a.b + j0,
+                        _at(a.step_c_prev, j0, kind), a.ld_c_prev,
+                        <floating *> a.step_c_next + j0, a.ld_c_next,
+                        <floating *> a.step_h_next + j0, a.ld_h_next,
+                        _at_out(a.step_tanh_c, j0, kind), a.ld_c_next)
+
+
+cdef void _step_units_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _step_units(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _step_units(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _run_step(_SequenceArgs *a, floating *gates, Py_ssize_t ldg,
+                    const floating *h_prev, Py_ssize_t ldh,
+                    const floating *c_prev, Py_ssize_t ldc,
+                    floating *h_next, Py_ssize_t ldhn,
+                    floating *c_next, floating *tanh_c, Py_ssize_t ldcn) noexcept nogil:
+    """One step by units on plan.threads. c_next may be c_prev (the same ld);
+    tanh_c, if any, has c_next's ld."""
+    a.step_gates, a.ld_gates, a.step_h_prev, a.ld_h_prev = gates, ldg, h_prev, ldh
+    a.step_c_prev, a.ld_c_prev, a.step_h_next, a.ld_h_next = c_prev, ldc, h_next, ldhn
+    a.step_c_next, a.step_tanh_c, a.ld_c_next = c_next, tanh_c, ldcn
+    lstmc_parallel(a.plan.threads, _ceil_div(a.hidden_size, a.unit_piece),
+                   _step_units_task, a)
+
+
+cdef void _forward_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
+    cdef Py_ssize_t N = a.batch, T = a.steps, D = a.input_size, H = a.hidden_size
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
+    cdef Py_ssize_t n, t
+    cdef const floating *xs = <const floating *> a.xs
+    cdef const floating *h0 = <const floating *> a.h0
+    cdef const floating *c0 = <const floating *> a.c0
+    cdef floating *hs = <floating *> a.hs
+    cdef floating *gates = <floating *> a.gates
+    cdef floating *cells = <floating *> a.cells
+    cdef floating *tanh_cells = <floating *> a.tanh_cells
+    cdef floating *h_prevs = <floating *> a.h_prevs
+    if _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
+        _project(a, xs, _step_ld(N, T, D, a.xs_seq_stride, a.xs_step_stride), N * T, gates)
+    else:
+        for n in range(N):
+            _project(a, xs + n * a.xs_seq_stride, a.xs_step_stride, T, gates + n * TG)
+    for t in range(T):
+        _run_step(a, gates + t * G4, TG,
+                  hs + (t - 1) * H if t > 0 else h0, TH if t > 0 else H,
+                  cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
+                  hs + t * H, TH, cells + t * H, tanh_cells + t * H, TH)
+    for n in range(N):
+        if h0 != NULL:
+            memcpy(h_prevs + n * TH, h0 + n * H, H * sizeof(floating))
+        else:
+            memset(h_prevs + n * TH, 0, H * sizeof(floating))
+        memcpy(h_prevs + n * TH + H, hs + n * TH, (T - 1) * H * sizeof(floating))
+    _copy_rows(<floating *> a.h_last, H, hs + (T - 1) * H, TH, N, H)
+    _copy_rows(<floating *> a.c_last, H, cells + (T - 1) * H, TH, N, H)
+
+
+cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
+    cdef Py_ssize_t N = a.batch, T = a.steps, D = a.input_size, H = a.hidden_size
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, S = a.chunk_steps
+    cdef Py_ssize_t t, first, steps
+    cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
+    cdef const floating *xs = <const floating *> a.xs
+    cdef const floating *h0 = <const floating *> a.h0
+    cdef floating *hs = <floating *> a.hs
+    cdef floating *h_last = <floating *> a.h_last
+    cdef floating *c_last = <floating *> a.c_last
+    cdef floating *chunk_gates = <floating *> a.chunk_gates
+    cdef floating *chunk_inputs = <floating *> a.chunk_inputs
+    _initial_state(N, H, h0, <const floating *> a.c0, h_last, c_last)
+    first = 0
+    while first < T:
+        steps = min(S, T - first)
+        if N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
+            _project(a, xs + first * step_stride,
+                     seq_stride if N > 1 else _step_ld(N, T, D, seq_stride, step_stride),
+                     N * steps, chunk_gates)
+        else:
+            for t in range(steps):
+                _copy_rows(chunk_inputs + t * N * D, D, xs + (first + t) * step_stride,
+                           seq_stride, N, D)
+            _project(a, chunk_inputs, D, N * steps, chunk_gates)
+        for t in range(first, first + steps):
+            _run_step(a, chunk_gates + (t - first) * N * G4, G4,
+                      hs + (t - 1) * H if t > 0 else h0, TH if t > 0 else H,
+                      c_last, H, hs + t * H, TH, c_last, <floating *> NULL, H)
+        first += steps
+    _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
+
+
+cdef int lstm_sequence_forward(
+    Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,
+    const floating *xs, Py_ssize_t xs_seq_stride, Py_ssize_t xs_step_stride,
+    const floating *Wx, const floating *Wh, const floating *b,
+    const floating *h0, const floating *c0,
+    floating *hs, floating *h_last, floating *c_last,
+    floating *gates, floating *cells, floating *tanh_cells, floating *h_prevs,
+    const Plan *plan, floating *recurrent,
+) noexcept nogil:
+    cdef _SequenceArgs a
+    if N == 0:
+        return 0
+    if not lstm_sequence_fits(N, T, D, H, max(xs_seq_stride, xs_step_stride)):
+        return -1
+    if T == 0:
+        _initial_state(N, H, h0, c0, h_last, c_last)
+        return 0
+    _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL)
+    a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
+    a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
+    a.hs, a.h_last, a.c_last = hs, h_last, c_last
+    a.gates, a.cells, a.tanh_cells, a.h_prevs = gates, cells, tanh_cells, h_prevs
+    a.recurrent = recurrent
+    if a.plan.by_units:
+        _forward_by_units(recurrent, &a)
+    else:
+        lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _forward_task, &a)
+    return 0
+
+
+cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    cdef Py_ssize_t D = a.input_size, H = a.hidden_size, T = a.steps
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, S = a.chunk_steps
+    cdef Py_ssize_t t, first_row, first, steps
+    cdef Py_ssize_t N = _block_rows(a, task, &first_row)
+    cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
+    cdef Py_ssize_t ldx = _step_ld(N, T, D, seq_stride, step_stride)
+    cdef const floating *xs = <const floating *> a.xs + first_row * seq_stride
+    cdef const floating *Wx = <const floating *> a.Wx
+    cdef const floating *Wh = <const floating *> a.Wh
+    cdef const floating *b = <const floating *> a.b
+    cdef const floating *h0 = _at(a.h0, first_row * H, kind)
+    cdef floating *hs = _at_out(a.hs, first_row * TH, kind)
+    cdef floating *h_last = _at_out(a.h_last, first_row * H, kind)
+    cdef floating *c_last = _at_out(a.c_last, first_row * H, kind)
+    # This block's share of the scratch: its rows of every chunk step.
+    cdef floating *chunk_gates = _at_out(a.chunk_gates, (first_row * S) * G4, kind)
+    cdef floating *chunk_inputs = _at_out(a.chunk_inputs, (first_row * S) * D, kind)
+    cdef floating *recurrent = _at_out(a.recurrent, first_row * G4, kind)
+    cdef const floating *h_prev
+    # c lives in c_last from the start: each step updates it in place.
+    _initial_state(N, H, h0, _at(a.c0, first_row * H, kind), h_last, c_last)
+    first = 0
+    while first < T:
+        steps = min(S, T - first)
+        # The chunk's gates are step-major, (steps, N, 4H): each step's rows are
+        # one contiguous block for its recurrent gemm and gate loop. One gemm
+        # projects the whole chunk when its (t, n) rows are evenly spaced and at
+        # least D apart (overlapping rows, such as sliding windows, are valid
+        # input that BLAS cannot take as a leading dimension).
+        if N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
+            _affine(N * steps, D, G4, xs + first * step_stride,
+                    seq_stride if N > 1 else ldx, Wx, 0, chunk_gates, G4)
+        else:                                                   # gather them, step-major
+            for t in range(steps):
+                _copy_rows(chunk_inputs + t * N * D, D, xs + (first + t) * step_stride,
+                           seq_stride, N, D)
+            _affine(N * steps, D, G4, chunk_inputs, D, Wx, 0, chunk_gates, G4)
+        for t in range(first, first + steps):
+            h_prev = hs + (t - 1) * H if t > 0 else h0
+            if h_prev != NULL:
+                lstm_recurrent(N, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H,
+                               Wh, chunk_gates + (t - first) * N * G4, G4, recurrent)
+            gates_forward(N, H, chunk_gates + (t - first) * N * G4, G4, b, c_last, H,
+                          c_last, H, hs + t * H, TH, <floating *> NULL, 0)
+        first += steps
+    _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
+
+
+cdef void _infer_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _infer_rows(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _infer_rows(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef int lstm_sequence_infer(
+    Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,
+    const floating *xs, Py_ssize_t xs_seq_stride, Py_ssize_t xs_step_stride,
+    const floating *Wx, const floating *Wh, const floating *b,
+    const floating *h0, const floating *c0,
+    floating *hs, floating *h_last, floating *c_last,
+    floating *chunk_gates, floating *chunk_inputs, Py_ssize_t chunk_steps,
+    const Plan *plan, floating *recurrent,
+) noexcept nogil:
+    cdef _SequenceArgs a
+    if N == 0:
+        return 0
+    if (not lstm_sequence_fits(N, T, D, H, max(xs_seq_stride, xs_step_stride))
+            or chunk_steps < 1 or not blas_fits(N * chunk_steps)):
+        return -1
+    if T == 0:
+        _initial_state(N, H, h0, c0, h_last, c_last)
+        return 0
+    _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL)
+    a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
+    a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
+    a.hs, a.h_last, a.c_last = hs, h_last, c_last
+    a.chunk_gates, a.chunk_inputs, a.chunk_steps = chunk_gates, chunk_inputs, chunk_steps
+    a.recurrent = recurrent
+    if a.plan.by_units:
+        _infer_by_units(recurrent, &a)
+    else:
+        lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _infer_task, &a)
+    return 0
+
+
+cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
+    """The time loop of one block: dA of every step, and dh0 / dc carried back."""
+    cdef Py_ssize_t H = a.hidden_size, T = a.steps
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
+    cdef Py_ssize_t first, t
+    cdef Py_ssize_t N = _block_rows(a, task, &first)
+    cdef const floating *dhs = <const floating *> a.dhs + first * a.dhs_seq_stride
+    cdef const floating *Wh = <const floating *> a.Wh
+    cdef const floating *c0 = _at(a.c0, first * H, kind)
+    cdef const floating *gates = _at(a.gates, first * TG, kind)
+    cdef const floating *cells = _at(a.cells, first * TH, kind)
+    cdef const floating *tanh_cells = _at(a.tanh_cells, first * TH, kind)
+    cdef floating *dA = _at_out(a.dA, first * TG, kind)
+    cdef floating *dc_carry = _at_out(a.dc_carry, first * H, kind)
+    cdef floating *dh0 = _at_out(a.dh0, first * H, kind)
+    # dh0 carries dh from step t to step t - 1 (it ends as the gradient of h0),
+    # dc_carry likewise for dc.
+    for t in range(T - 1, -1, -1):
+        gates_backward(N, H, dhs + t * a.dhs_step_stride, a.dhs_seq_stride,
+                       dh0 if t < T - 1 else NULL, H,
+                       dc_carry if t < T - 1 else NULL, H,
+                       gates + t * G4, TG,
+                       cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
+                       tanh_cells + t * H, TH, dA + t * G4, TG, dc_carry, H)
+        if N == 1:
+            gemv_n(H, G4, 1, Wh, G4, dA + t * G4, 0, dh0)                 # dh = dA_t @ Wh.T
+        else:
+            gemm(c'n', c't', N, H, G4, 1, dA + t * G4, TG, Wh, G4, 0, dh0, H)  # dh = dA_t @ Wh.T
+
+
+cdef void _backward_rows_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _backward_rows(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _backward_rows(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _backward_units(floating *kind, const _SequenceArgs *a,
+                          ptrdiff_t task) noexcept nogil:
+    """Step a.step of the backward's time loop, units j0 .. j0 + width: their dh
+    (from step + 1's dA, or at step -1 the gradient of h0), then their gates'
+    dA and dc."""
+    cdef Py_ssize_t N = a.batch, T = a.steps, H = a.hidden_size
+    cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4, t = a.step
+    cdef Py_ssize_t j0 = task * a.unit_piece
+    cdef Py_ssize_t width = min(a.unit_piece, H - j0)
+    cdef const floating *Wh = <const floating *> a.Wh
+    cdef floating *dA = <floating *> a.dA
+    cdef floating *dh0 = <floating *> a.dh0 + j0
+    cdef floating *dc_carry = <floating *> a.dc_carry + j0
+    if t < T - 1:                       # dh = dA_{t+1} @ Wh.T, columns j0 .. of it
+        if N == 1:
+            gemv_n(width, G4, 1, Wh + j0 * G4, G4, dA + (t + 1) * G4, 0, dh0)
+        else:
+            gemm(c'n', c't', N, width, G4, 1, dA + (t + 1) * G4, TG, Wh + j0 * G4, G4, 0,
+                 dh0, H)
+    if t < 0:
+        return
+    gates_backward_units(N, width, H,
+                         <const floating *> a.dhs + t * a.dhs_step_stride + j0,
+                         a.dhs_seq_stride,
+                         dh0 if t < T - 1 else NULL, H,
+                         dc_carry if t < T - 1 else NULL, H,
+                         <const floating *> a.gates + t * G4 + j0, TG,
+                         (<const floating *> a.cells + (t - 1) * H + j0 if t > 0
+                          else _at(a.c0, j0, kind)), TH if t > 0 else H,
+                         <const floating *> a.tanh_cells + t * H + j0, TH,
+                         dA + t * G4 + j0, TG, dc_carry, H)
+
+
+cdef void _backward_units_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _backward_units(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _backward_units(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _backward_products(floating *kind, const _SequenceArgs *a,
+                             ptrdiff_t task) noexcept nogil:
+    """Over all N*T stacked rows: a column block of dWx, dWh and db, or a row
+    block of dxs."""
+    cdef Py_ssize_t N = a.batch, T = a.steps, D = a.input_size, H = a.hidden_size
+    cdef Py_ssize_t G4 = 4 * H, TG = T * G4, M = N * T
+    cdef Py_ssize_t n, first, width
+    cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
+    cdef Py_ssize_t ldx = _step_ld(N, T, D, seq_stride, step_stride)
+    cdef const floating *xs = <const floating *> a.xs
+    cdef const floating *dA = <const floating *> a.dA
+    if task < a.column_tasks:
+        first = task * a.column_piece
+        width = min(a.column_piece, G4 - first)
+        if _evenly_spaced(N, T, seq_stride, step_stride):             # dWx = xs.T @ dA
+            gemm(c't', c'n', D, width, M, 1, xs, ldx, dA + first, G4, 0,
+                 <floating *> a.dWx + first, G4)
+        else:                                                         # dWx += xs[n].T @ dA[n]
+            for n in range(N):
+                gemm(c't', c'n', D, width, T, 1, xs + n * seq_stride, step_stride,
+                     dA + n * TG + first, G4, 0 if n == 0 else 1,
+                     <floating *> a.dWx + first, G4)
+        gemm(c't', c'n', H, width, M, 1, <const floating *> a.h_prevs, H,   # dWh = h_prevs.T @ dA
+             dA + first, G4, 0, <floating *> a.dWh + first, G4)
+        column_sums(M, width, dA + first, G4, <floating *> a.db + first)    # db = dA.sum(0)
+    else:
+        first = (task - a.column_tasks) * a.row_piece
+        width = min(a.row_piece, M - first)
+        gemm(c'n', c't', width, D, G4, 1, dA + first * G4, G4,            # dxs = dA @ Wx.T
+             <const floating *> a.Wx, G4, 0, <floating *> a.dxs + first * D, D)
+
+
+cdef void _backward_products_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _backward_products(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _backward_products(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef int lstm_sequence_backward(
+    Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,
+    const floating *dhs, Py_ssize_t dhs_seq_stride, Py_ssize_t dhs_step_stride,
+    const floating *xs, Py_ssize_t xs_seq_stride, Py_ssize_t xs_step_stride,
+    const floating *Wx, const floating *Wh, const floating *c0,
+    const floating *gates, const floating *cells, const floating *tanh_cells,
+    const floating *h_prevs,
+    floating *dA, floating *dc_carry,
+    floating *dxs, floating *dh0,
+    floating *dWx, floating *dWh, floating *db,
+    const Plan *plan,
+) noexcept nogil:
+    cdef Py_ssize_t G4 = 4 * H, M = N * T
+    cdef Py_ssize_t parts, t
+    cdef _SequenceArgs a
+    if not lstm_sequence_fits(N, T, D, H, max(max(xs_seq_stride, xs_step_stride),
+                                              max(dhs_seq_stride, dhs_step_stride))):
+        return -1
+    if M == 0:
+        memset(dWx, 0, D * G4 * sizeof(floating))
+        memset(dWh, 0, H * G4 * sizeof(floating))
+        memset(db, 0, G4 * sizeof(floating))
+        memset(dh0, 0, N * H * sizeof(floating))
+        return 0
+    _sequence_args(&a, N, T, D, H, plan, dA, False)
+    a.dhs, a.dhs_seq_stride, a.dhs_step_stride = dhs, dhs_seq_stride, dhs_step_stride
+    a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
+    a.Wx, a.Wh, a.c0 = Wx, Wh, c0
+    a.gates, a.cells, a.tanh_cells, a.h_prevs = gates, cells, tanh_cells, h_prevs
+    a.dA, a.dc_carry, a.dxs, a.dh0 = dA, dc_carry, dxs, dh0
+    a.dWx, a.dWh, a.db = dWx, dWh, db
+    if a.plan.by_units:
+        # A round per step, the last (step -1) for the gradient of h0.
+        for t in range(T - 1, -2, -1):
+            a.step = t
+            lstmc_parallel(a.plan.threads, _ceil_div(H, a.unit_piece),
+                           _backward_units_task, &a)
+    else:
+        lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _backward_rows_task, &a)
+    # Then the products over all steps: one column block of the weight
+    # gradients and one row block of dxs per thread.
+    parts = a.plan.threads
+    a.column_piece = _ceil_div(_ceil_div(G4, parts), 16) * 16
+    a.column_tasks = _ceil_div(G4, a.column_piece)
+    a.row_piece = _ceil_div(M, parts)
+    lstmc_parallel(a.plan.threads, a.column_tasks + _ceil_div(M, a.row_piece),
+                   _backward_products_task, &a)
+    return 0
