@@ -94,27 +94,43 @@ class LSTM(_Layer):
 class TimeLSTM(_Layer):
     """An LSTM over a whole sequence, the time loop in compiled code.
 
-    TimeLSTM(Wx, Wh, b, stateful=False). forward(xs) maps xs (N, T, D) to
-    hs (N, T, H), starting from zeros unless `stateful` and a state is held;
-    afterwards `h` and `c` hold the last step's state. backward(dhs) returns dxs,
-    writes the gradients summed over time into `grads`, and sets `dh`, the
-    gradient with respect to the initial h.
+    TimeLSTM(Wx, Wh, b, stateful=False, reverse=False). forward(xs) maps xs
+    (N, T, D) to hs (N, T, H), starting from h0 / c0 when given, else from the
+    held state when `stateful` and one is held, else from zeros; afterwards `h`
+    and `c` hold each row's last state. backward(dhs) returns dxs, writes the
+    gradients summed over time into `grads`, and sets `dh` and `dc`, the
+    gradients with respect to the initial h and c.
+
+    reverse=True runs each row from its last valid step back to step 0 (the
+    reverse direction of torch's and ONNX's bidirectional LSTMs); hs stays
+    aligned with the input steps.
     """
 
     _work_classes = _work.TIME_WORK
+    reverse = False             # (class defaults: layers pickled before these existed)
+    dc = None
 
-    def __init__(self, Wx, Wh, b, stateful=False):
+    def __init__(self, Wx, Wh, b, stateful=False, reverse=False):
         super().__init__(Wx, Wh, b)
         self.stateful = bool(stateful)
+        self.reverse = bool(reverse)
         self.h = None
         self.c = None
         self.dh = None
+        self.dc = None
 
     def _reset_cache(self):
         pass                    # TimeLSTM's cache lives in its _work
 
     def set_state(self, h, c=None):
-        """Hold h (and c; None means zeros) as the state the next forward starts from."""
+        """Hold h (and c; None means zeros) as the state the next forward starts
+        from. Only a stateful layer holds a state: on another, this raises
+        ValueError (pass stateful=True, or h0= / c0= to forward)."""
+        if not self.stateful:
+            raise ValueError(
+                "set_state() on a TimeLSTM with stateful=False would be ignored: build "
+                "it with stateful=True to hold a state between calls, or pass the "
+                "initial state to this call as forward(xs, h0=..., c0=...)")
         H = self.hidden_size
         h = _validate.state(h, "h", self.dtype, H)
         if c is not None:
@@ -125,14 +141,26 @@ class TimeLSTM(_Layer):
         """Forget the held state: the next forward starts from zeros."""
         self.h, self.c = None, None
 
-    def forward(self, xs, *, train=True):
-        """hs (N, T, H) for xs (N, T, D). train=False keeps nothing for backward:
-        beyond hs, its working memory is bounded whatever T is (the gates of
-        32 MB worth of steps at a time, or of 8 steps if that is more)."""
-        hs, self.h, self.c = self._work.forward(self, xs, train)
+    def forward(self, xs, *, lengths=None, h0=None, c0=None, train=True):
+        """hs (N, T, H) for xs (N, T, D).
+
+        lengths: integers (N,), each in 0 .. T: row i runs steps 0 .. lengths[i]-1
+            only (from its last valid step back to 0 when `reverse`); hs[i, t] is 0
+            for t >= lengths[i], and `h[i]`, `c[i]` are row i's state after its
+            last valid step (its initial state for a length of 0). Rows that have
+            finished drop out of the per-step products. None: every row runs T steps.
+        h0, c0: (N, H) initial state of this call (None: zeros); either one given
+            replaces the held state of a stateful layer.
+        train=False keeps nothing for backward: beyond hs, its working memory is
+            bounded whatever T is (the gates of 32 MB worth of steps at a time, or
+            of 8 steps if that is more).
+        """
+        hs, self.h, self.c = self._work.forward(self, xs, lengths, h0, c0, train)
         return hs
 
     def backward(self, dhs):
-        """dxs (N, T, D) for dhs (N, T, H); writes `grads` in place and sets `dh`."""
-        dxs, self.dh = self._work.backward(self, dhs)
+        """dxs (N, T, D) for dhs (N, T, H); writes `grads` in place and sets `dh`
+        and `dc` (gradients of the initial h and c). dhs past a row's length is
+        ignored, and dxs is 0 there."""
+        dxs, self.dh, self.dc = self._work.backward(self, dhs)
         return dxs

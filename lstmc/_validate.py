@@ -178,3 +178,16 @@ def held_state(layer, N):
     h0 = None if layer.h is None else state(layer.h, "h", layer.dtype, H, N)
     c0 = None if layer.c is None else state(layer.c, "c", layer.dtype, H, N)
     return h0, c0
+
+
+def lengths(value, N, T):
+    """lengths (N,) of integers in 0 .. T, as a new C-contiguous intp array."""
+    a = to_ndarray(value, "lengths")
+    if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
+        raise TypeError(f"lengths has dtype {a.dtype}; expected integers")
+    if a.shape != (N,):
+        raise ValueError(f"lengths has shape {a.shape}; expected {(N,)}, one per row of xs")
+    if a.size and (a.min() < 0 or a.max() > T):
+        raise ValueError(f"lengths must be in 0 .. {T} (the T of xs); "
+                         f"got values from {a.min()} to {a.max()}")
+    return np.array(a, dtype=np.intp, order="C")

@@ -137,6 +137,7 @@ cdef int lstm_sequence_forward(
     floating *h_prevs,                         # (N, T, H)  h before every step: h0, hs[:, :-1]
     const Plan *plan,                          # or NULL: the caller's thread, m = 4H
     floating *recurrent,                       # scratch (N, 4H) for recurrent_by_rows, or NULL
+    const Py_ssize_t *lengths=*,               # IN  (N,) steps of each row, or NULL: all T
 ) noexcept nogil
 
 # The same outputs without what backward needs, in memory bounded whatever T is:
@@ -153,6 +154,7 @@ cdef int lstm_sequence_infer(
     Py_ssize_t chunk_steps,                    # >= 1
     const Plan *plan,                          # or NULL: the caller's thread, m = 4H
     floating *recurrent,                       # scratch (N, 4H) for recurrent_by_rows, or NULL
+    const Py_ssize_t *lengths=*,               # IN  (N,) steps of each row, or NULL: all T
 ) noexcept nogil
 
 cdef int lstm_sequence_backward(
@@ -169,8 +171,20 @@ cdef int lstm_sequence_backward(
     floating *dh0,                             # OUT (N, H) gradient of h0
     floating *dWx, floating *dWh, floating *db,  # OUT overwritten: sums over all steps
     const Plan *plan,                          # or NULL: the caller's thread
+    const Py_ssize_t *lengths=*,               # IN  (N,) the forward's lengths, or NULL
 ) noexcept nogil
-# No OUT or scratch array may overlap another array of the same call.
+# No OUT or scratch array may overlap another array of the same call. After the
+# call dc_carry holds the gradient of c0.
+#
+# lengths: row n runs steps 0 .. lengths[n] - 1 only (0 <= lengths[n] <= T);
+# the rows of each task (plan.block rows; the whole batch when plan is NULL)
+# must be sorted longest first, else the kernel returns -1. Rows past their
+# length are not computed: hs and cells there are left as they were, h_last and
+# c_last are each row's state after its last step (h0 / c0 for a length of 0),
+# h_prevs is zero there; backward reads no dhs there and writes zero dA and
+# dxs. With lengths the plan's by_units is not used (rows mode). The products
+# of the backward run over every step, so xs past a row's length must be
+# finite (zeros, say).
 
 
 # gates (N, 4H, ldg) += h_prev (N, H, ldh) @ Wh, one step's recurrent product as

@@ -45,6 +45,7 @@ cdef struct _SequenceArgs:
     bint double_precision
     Py_ssize_t batch, steps, input_size, hidden_size, chunk_steps
     Plan plan
+    const Py_ssize_t *lengths           # each row's steps (non-increasing in a block), or NULL
     const void *xs
     Py_ssize_t xs_seq_stride, xs_step_stride
     const void *dhs
@@ -90,8 +91,80 @@ cdef inline Py_ssize_t _block_rows(const _SequenceArgs *a, ptrdiff_t task,
     return min(a.plan.block, a.batch - first[0])
 
 
+cdef inline const Py_ssize_t *_at_lengths(const _SequenceArgs *a, Py_ssize_t first) noexcept nogil:
+    return NULL if a.lengths == NULL else a.lengths + first
+
+
 cdef inline Py_ssize_t _blocks(const Plan *plan, Py_ssize_t N) noexcept nogil:
     return _ceil_div(N, max(plan.block, 1))
+
+
+# Lengths. Row n of a call runs steps 0 .. lengths[n] - 1 only. The rows of
+# each task are sorted longest first, so the rows still running at step t are
+# a prefix of the task's rows: each step's products and gate loop run on that
+# prefix, and a finished row costs nothing more.
+
+cdef inline bint _lengths_fit(const Py_ssize_t *lengths, Py_ssize_t N, Py_ssize_t T,
+                              Py_ssize_t block) noexcept nogil:
+    """Every length in 0 .. T, and non-increasing within each block of rows."""
+    cdef Py_ssize_t n
+    for n in range(N):
+        if lengths[n] < 0 or lengths[n] > T:
+            return False
+        if n % block != 0 and lengths[n] > lengths[n - 1]:
+            return False
+    return True
+
+
+cdef inline Py_ssize_t _running(const Py_ssize_t *lengths, Py_ssize_t N,
+                                Py_ssize_t t) noexcept nogil:
+    """How many of the N rows (longest first) still run at step t; N without lengths."""
+    cdef Py_ssize_t lo = 0, hi = N, mid
+    if lengths == NULL:
+        return N
+    while lo < hi:                      # the first row with lengths <= t
+        mid = (lo + hi) // 2
+        if lengths[mid] > t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef void _project_lengths(Py_ssize_t N, Py_ssize_t D, Py_ssize_t G4,
+                           const floating *xs, Py_ssize_t seq_stride, Py_ssize_t step_stride,
+                           const floating *Wx, const Py_ssize_t *lengths,
+                           Py_ssize_t first_step, Py_ssize_t steps,
+                           floating *out, Py_ssize_t row_ld, Py_ssize_t step_ld) noexcept nogil:
+    """out[n, t] = xs[n, t] @ Wx for the valid steps t of first_step ..
+    first_step + steps - 1 of each row n, at out + n * row_ld + (t - first_step) * step_ld."""
+    cdef Py_ssize_t n, t, count
+    cdef const floating *x
+    for n in range(N):
+        count = min(lengths[n], first_step + steps) - first_step
+        x = xs + n * seq_stride + first_step * step_stride
+        if count <= 0:
+            break                       # longest first: no later row has steps here
+        if step_stride >= D or count == 1:
+            _affine(count, D, G4, x, max(step_stride, D), Wx, 0, out + n * row_ld, step_ld)
+        else:                           # overlapping steps: BLAS cannot take them as rows
+            for t in range(count):
+                _affine(1, D, G4, x + t * step_stride, D, Wx, 0,
+                        out + n * row_ld + t * step_ld, step_ld)
+
+
+cdef void _last_valid(Py_ssize_t N, Py_ssize_t H, const Py_ssize_t *lengths,
+                      const floating *seq, Py_ssize_t TH, const floating *initial,
+                      floating *out) noexcept nogil:
+    """out[n] = seq[n, lengths[n] - 1], or initial[n] (NULL: zeros) for a length of 0."""
+    cdef Py_ssize_t n
+    for n in range(N):
+        if lengths[n] > 0:
+            memcpy(out + n * H, seq + n * TH + (lengths[n] - 1) * H, H * sizeof(floating))
+        elif initial != NULL:
+            memcpy(out + n * H, initial + n * H, H * sizeof(floating))
+        else:
+            memset(out + n * H, 0, H * sizeof(floating))
 
 
 cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
@@ -111,9 +184,11 @@ cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
 cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
     cdef Py_ssize_t D = a.input_size, H = a.hidden_size, T = a.steps
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
-    cdef Py_ssize_t first, n, t
+    cdef Py_ssize_t first, n, t, valid
     cdef Py_ssize_t N = _block_rows(a, task, &first)
+    cdef Py_ssize_t rows = N                # rows still running at step t
     cdef Py_ssize_t ldx = _step_ld(N, T, D, a.xs_seq_stride, a.xs_step_stride)
+    cdef const Py_ssize_t *lengths = _at_lengths(a, first)
     cdef const floating *xs = <const floating *> a.xs + first * a.xs_seq_stride
     cdef const floating *Wx = <const floating *> a.Wx
     cdef const floating *Wh = <const floating *> a.Wh
@@ -128,7 +203,10 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
     cdef floating *recurrent = _at_out(a.recurrent, first * G4, kind)
     cdef const floating *h_prev
     cdef const floating *c_prev
-    if _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
+    if lengths != NULL:                                       # each row's valid steps only
+        _project_lengths(N, D, G4, xs, a.xs_seq_stride, a.xs_step_stride, Wx, lengths,
+                         0, T, gates, TG, G4)
+    elif _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
         _affine(N * T, D, G4, xs, ldx, Wx, 0, gates, G4)      # gates = xs @ Wx, all steps
     else:                                                     # rows in place, a gemm per sequence
         for n in range(N):
@@ -136,22 +214,35 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
                     gates + n * TG, G4)
     # Step t reads h and c of step t - 1 in place, as (N, H) slices with ld T*H.
     for t in range(T):
+        rows = _running(lengths, rows, t)
+        if rows == 0:
+            break
         h_prev = hs + (t - 1) * H if t > 0 else h0
         c_prev = cells + (t - 1) * H if t > 0 else c0
         if h_prev != NULL:
-            lstm_recurrent(N, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H, Wh,
+            lstm_recurrent(rows, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H, Wh,
                            gates + t * G4, TG, recurrent)
-        gates_forward(N, H, gates + t * G4, TG, b, c_prev, TH if t > 0 else H,
+        gates_forward(rows, H, gates + t * G4, TG, b, c_prev, TH if t > 0 else H,
                       cells + t * H, TH, hs + t * H, TH, tanh_cells + t * H, TH)
-    # Backward's dWh needs every step's h_prev as one (N*T, H) matrix.
+    # Backward's dWh needs every step's h_prev as one (N*T, H) matrix (zeros
+    # past a row's length: the backward's products run over every step).
     for n in range(N):
+        valid = T if lengths == NULL else lengths[n]
         if h0 != NULL:
             memcpy(h_prevs + n * TH, h0 + n * H, H * sizeof(floating))
         else:
             memset(h_prevs + n * TH, 0, H * sizeof(floating))
-        memcpy(h_prevs + n * TH + H, hs + n * TH, (T - 1) * H * sizeof(floating))
-    _copy_rows(_at_out(a.h_last, first * H, kind), H, hs + (T - 1) * H, TH, N, H)
-    _copy_rows(_at_out(a.c_last, first * H, kind), H, cells + (T - 1) * H, TH, N, H)
+        if valid > 1:
+            memcpy(h_prevs + n * TH + H, hs + n * TH, (valid - 1) * H * sizeof(floating))
+        if valid < T:
+            memset(h_prevs + n * TH + max(valid, 1) * H, 0,
+                   (T - max(valid, 1)) * H * sizeof(floating))
+    if lengths != NULL:
+        _last_valid(N, H, lengths, hs, TH, h0, _at_out(a.h_last, first * H, kind))
+        _last_valid(N, H, lengths, cells, TH, c0, _at_out(a.c_last, first * H, kind))
+    else:
+        _copy_rows(_at_out(a.h_last, first * H, kind), H, hs + (T - 1) * H, TH, N, H)
+        _copy_rows(_at_out(a.c_last, first * H, kind), H, cells + (T - 1) * H, TH, N, H)
 
 
 cdef void _forward_task(void *args, ptrdiff_t task) noexcept nogil:
@@ -163,7 +254,7 @@ cdef void _forward_task(void *args, ptrdiff_t task) noexcept nogil:
 
 cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_t D,
                          Py_ssize_t H, const Plan *plan, floating *kind,
-                         bint recurrent_scratch) noexcept nogil:
+                         bint recurrent_scratch, const Py_ssize_t *lengths) noexcept nogil:
     memset(a, 0, sizeof(_SequenceArgs))
     a.double_precision = floating is double
     a.batch, a.steps, a.input_size, a.hidden_size = N, T, D, H
@@ -173,7 +264,8 @@ cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_
         a.plan.threads, a.plan.block = 1, N
     a.plan.block = max(1, min(a.plan.block, N))
     a.plan.threads = max(1, a.plan.threads)
-    a.plan.by_units = a.plan.by_units and a.plan.threads > 1
+    a.plan.by_units = a.plan.by_units and a.plan.threads > 1 and lengths == NULL
+    a.lengths = lengths
     a.plan.recurrent_by_rows = a.plan.recurrent_by_rows and recurrent_scratch
     a.unit_piece = _ceil_div(_ceil_div(H, a.plan.threads), 16) * 16
 
@@ -330,17 +422,19 @@ cdef int lstm_sequence_forward(
     const floating *h0, const floating *c0,
     floating *hs, floating *h_last, floating *c_last,
     floating *gates, floating *cells, floating *tanh_cells, floating *h_prevs,
-    const Plan *plan, floating *recurrent,
+    const Plan *plan, floating *recurrent, const Py_ssize_t *lengths=NULL,
 ) noexcept nogil:
     cdef _SequenceArgs a
     if N == 0:
         return 0
     if not lstm_sequence_fits(N, T, D, H, max(xs_seq_stride, xs_step_stride)):
         return -1
+    _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL, lengths)
+    if lengths != NULL and not _lengths_fit(lengths, N, T, a.plan.block):
+        return -1
     if T == 0:
         _initial_state(N, H, h0, c0, h_last, c_last)
         return 0
-    _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL)
     a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
     a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
     a.hs, a.h_last, a.c_last = hs, h_last, c_last
@@ -358,8 +452,11 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, S = a.chunk_steps
     cdef Py_ssize_t t, first_row, first, steps
     cdef Py_ssize_t N = _block_rows(a, task, &first_row)
+    cdef Py_ssize_t rows = N                # rows still running at step t
     cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
     cdef Py_ssize_t ldx = _step_ld(N, T, D, seq_stride, step_stride)
+    cdef const Py_ssize_t *lengths = _at_lengths(a, first_row)
+    cdef Py_ssize_t last = T if lengths == NULL else lengths[0]   # the block's longest row
     cdef const floating *xs = <const floating *> a.xs + first_row * seq_stride
     cdef const floating *Wx = <const floating *> a.Wx
     cdef const floating *Wh = <const floating *> a.Wh
@@ -373,17 +470,21 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
     cdef floating *chunk_inputs = _at_out(a.chunk_inputs, (first_row * S) * D, kind)
     cdef floating *recurrent = _at_out(a.recurrent, first_row * G4, kind)
     cdef const floating *h_prev
-    # c lives in c_last from the start: each step updates it in place.
+    # c lives in c_last from the start: each step updates it in place (a
+    # finished row's is not touched again).
     _initial_state(N, H, h0, _at(a.c0, first_row * H, kind), h_last, c_last)
     first = 0
-    while first < T:
-        steps = min(S, T - first)
+    while first < last:
+        steps = min(S, last - first)
         # The chunk's gates are step-major, (steps, N, 4H): each step's rows are
         # one contiguous block for its recurrent gemm and gate loop. One gemm
         # projects the whole chunk when its (t, n) rows are evenly spaced and at
         # least D apart (overlapping rows, such as sliding windows, are valid
         # input that BLAS cannot take as a leading dimension).
-        if N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
+        if lengths != NULL:                                     # each row's valid steps
+            _project_lengths(N, D, G4, xs, seq_stride, step_stride, Wx, lengths,
+                             first, steps, chunk_gates, G4, N * G4)
+        elif N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
             _affine(N * steps, D, G4, xs + first * step_stride,
                     seq_stride if N > 1 else ldx, Wx, 0, chunk_gates, G4)
         else:                                                   # gather them, step-major
@@ -392,14 +493,18 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
                            seq_stride, N, D)
             _affine(N * steps, D, G4, chunk_inputs, D, Wx, 0, chunk_gates, G4)
         for t in range(first, first + steps):
+            rows = _running(lengths, rows, t)
             h_prev = hs + (t - 1) * H if t > 0 else h0
             if h_prev != NULL:
-                lstm_recurrent(N, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H,
+                lstm_recurrent(rows, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H,
                                Wh, chunk_gates + (t - first) * N * G4, G4, recurrent)
-            gates_forward(N, H, chunk_gates + (t - first) * N * G4, G4, b, c_last, H,
+            gates_forward(rows, H, chunk_gates + (t - first) * N * G4, G4, b, c_last, H,
                           c_last, H, hs + t * H, TH, <floating *> NULL, 0)
         first += steps
-    _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
+    if lengths != NULL:
+        _last_valid(N, H, lengths, hs, TH, h0, h_last)
+    else:
+        _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
 
 
 cdef void _infer_task(void *args, ptrdiff_t task) noexcept nogil:
@@ -416,7 +521,7 @@ cdef int lstm_sequence_infer(
     const floating *h0, const floating *c0,
     floating *hs, floating *h_last, floating *c_last,
     floating *chunk_gates, floating *chunk_inputs, Py_ssize_t chunk_steps,
-    const Plan *plan, floating *recurrent,
+    const Plan *plan, floating *recurrent, const Py_ssize_t *lengths=NULL,
 ) noexcept nogil:
     cdef _SequenceArgs a
     if N == 0:
@@ -424,10 +529,12 @@ cdef int lstm_sequence_infer(
     if (not lstm_sequence_fits(N, T, D, H, max(xs_seq_stride, xs_step_stride))
             or chunk_steps < 1 or not blas_fits(N * chunk_steps)):
         return -1
+    _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL, lengths)
+    if lengths != NULL and not _lengths_fit(lengths, N, T, a.plan.block):
+        return -1
     if T == 0:
         _initial_state(N, H, h0, c0, h_last, c_last)
         return 0
-    _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL)
     a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
     a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
     a.hs, a.h_last, a.c_last = hs, h_last, c_last
@@ -444,8 +551,10 @@ cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task)
     """The time loop of one block: dA of every step, and dh0 / dc carried back."""
     cdef Py_ssize_t H = a.hidden_size, T = a.steps
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
-    cdef Py_ssize_t first, t
+    cdef Py_ssize_t first, n, t
     cdef Py_ssize_t N = _block_rows(a, task, &first)
+    cdef Py_ssize_t rows = N                # rows that run step t
+    cdef const Py_ssize_t *lengths = _at_lengths(a, first)
     cdef const floating *dhs = <const floating *> a.dhs + first * a.dhs_seq_stride
     cdef const floating *Wh = <const floating *> a.Wh
     cdef const floating *c0 = _at(a.c0, first * H, kind)
@@ -455,19 +564,32 @@ cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task)
     cdef floating *dA = _at_out(a.dA, first * TG, kind)
     cdef floating *dc_carry = _at_out(a.dc_carry, first * H, kind)
     cdef floating *dh0 = _at_out(a.dh0, first * H, kind)
+    cdef bint carried
+    if lengths != NULL:
+        # A row joins the loop at its last valid step with nothing carried in;
+        # its dA past that step is zero, for the products over all steps.
+        memset(dh0, 0, N * H * sizeof(floating))
+        memset(dc_carry, 0, N * H * sizeof(floating))
+        for n in range(N):
+            memset(dA + n * TG + lengths[n] * G4, 0, (T - lengths[n]) * G4 * sizeof(floating))
     # dh0 carries dh from step t to step t - 1 (it ends as the gradient of h0),
     # dc_carry likewise for dc.
     for t in range(T - 1, -1, -1):
-        gates_backward(N, H, dhs + t * a.dhs_step_stride, a.dhs_seq_stride,
-                       dh0 if t < T - 1 else NULL, H,
-                       dc_carry if t < T - 1 else NULL, H,
+        if lengths != NULL:
+            rows = _running(lengths, N, t)
+            if rows == 0:
+                continue
+        carried = t < T - 1 or lengths != NULL
+        gates_backward(rows, H, dhs + t * a.dhs_step_stride, a.dhs_seq_stride,
+                       dh0 if carried else NULL, H,
+                       dc_carry if carried else NULL, H,
                        gates + t * G4, TG,
                        cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
                        tanh_cells + t * H, TH, dA + t * G4, TG, dc_carry, H)
-        if N == 1:
+        if rows == 1:
             gemv_n(H, G4, 1, Wh, G4, dA + t * G4, 0, dh0)                 # dh = dA_t @ Wh.T
         else:
-            gemm(c'n', c't', N, H, G4, 1, dA + t * G4, TG, Wh, G4, 0, dh0, H)  # dh = dA_t @ Wh.T
+            gemm(c'n', c't', rows, H, G4, 1, dA + t * G4, TG, Wh, G4, 0, dh0, H)  # dh = dA_t @ Wh.T
 
 
 cdef void _backward_rows_task(void *args, ptrdiff_t task) noexcept nogil:
@@ -566,7 +688,7 @@ cdef int lstm_sequence_backward(
     floating *dA, floating *dc_carry,
     floating *dxs, floating *dh0,
     floating *dWx, floating *dWh, floating *db,
-    const Plan *plan,
+    const Plan *plan, const Py_ssize_t *lengths=NULL,
 ) noexcept nogil:
     cdef Py_ssize_t G4 = 4 * H, M = N * T
     cdef Py_ssize_t parts, t
@@ -574,13 +696,16 @@ cdef int lstm_sequence_backward(
     if not lstm_sequence_fits(N, T, D, H, max(max(xs_seq_stride, xs_step_stride),
                                               max(dhs_seq_stride, dhs_step_stride))):
         return -1
+    _sequence_args(&a, N, T, D, H, plan, dA, False, lengths)
+    if lengths != NULL and not _lengths_fit(lengths, N, T, a.plan.block):
+        return -1
     if M == 0:
         memset(dWx, 0, D * G4 * sizeof(floating))
         memset(dWh, 0, H * G4 * sizeof(floating))
         memset(db, 0, G4 * sizeof(floating))
         memset(dh0, 0, N * H * sizeof(floating))
+        memset(dc_carry, 0, N * H * sizeof(floating))
         return 0
-    _sequence_args(&a, N, T, D, H, plan, dA, False)
     a.dhs, a.dhs_seq_stride, a.dhs_step_stride = dhs, dhs_seq_stride, dhs_step_stride
     a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
     a.Wx, a.Wh, a.c0 = Wx, Wh, c0

@@ -202,11 +202,13 @@ def test_non_stateful_starts_from_zeros_every_call(rng, dtype):
     hs1 = layer.forward(xs).copy()
     hs2 = layer.forward(xs)
     np.testing.assert_array_equal(hs1, hs2)
-    # a state set on a non-stateful layer is ignored by forward (book semantics)
+    # set_state on a non-stateful layer would be ignored by forward: it raises
+    # instead (the initial state of one call is forward's h0= / c0=), changing nothing
     h0, c0 = make_state(rng, N, H, dtype)
-    layer.set_state(h0, c0)
-    np.testing.assert_array_equal(layer.h, h0)
-    np.testing.assert_array_equal(layer.c, c0)
+    h_before = layer.h
+    with pytest.raises(ValueError, match="stateful=True"):
+        layer.set_state(h0, c0)
+    assert layer.h is h_before
     check_forward(layer, layer.forward(xs), ref, dtype)
     # and a different batch size is fine when not stateful
     xs5, dhs5 = make_seq(rng, 5, T, D, H, dtype)
