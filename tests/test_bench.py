@@ -39,7 +39,8 @@ def test_bench_quick_all_sections(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for text in ("versions:", "lstmc", "env:", "OPENBLAS_CORETYPE=", "OPENBLAS_L2_SIZE=",
-                 "== Cell:", "== Sequence:", "== Threads:", "== Pipeline:", "n=1",
+                 "== Cell:", "== Sequence:", "== Whole models:", "== Threads:", "== Pipeline:",
+                 "n=1", "ort/lens", "torch/lens",
                  "median µs per call", "(N,D,H)", "(N,T,D,H)", "fwd/floor", "bwd/floor",
                  "numpy/fwd", "speed-up", "How to reproduce:"):
         assert text in out, "%r missing from the output:\n%s" % (text, out)
@@ -49,6 +50,9 @@ def test_bench_quick_all_sections(tmp_path):
 
     report = json.loads(out_json.read_text())
     assert report["cell"] and report["seq"] and report["threads"] and report["pipeline"]
+    models = report["models"][0]
+    for key in ("lens", "all T", "none", "ort lens", "torch packed"):
+        assert models["median_us"][key] > 0, key
     assert report["cell"][0]["median_us"]["n=1 inf"] > 0
     assert report["seq"][0]["median_us"]["floor n=1 fwd"] > 0
     cell = report["cell"][0]

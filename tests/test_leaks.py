@@ -324,3 +324,22 @@ def _time_error_calls():
 def test_time_calls_that_raise(name):
     calls, watched = _time_error_calls()
     _check(calls[name], watched, calls=CALLS // 2)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_time_lengths_and_initial_state(reverse):
+    """Lengths, h0 / c0 and reverse (the rows copied into the kernels' order and
+    back): neither memory nor references kept, training and inference."""
+    layer, xs, dhs = _time()
+    layer.reverse = reverse
+    lengths = np.array([T, 2])
+    h0, c0 = np.ones((N, H)), np.full((N, H), 0.5)
+
+    def step():
+        layer.forward(xs, lengths=lengths, h0=h0, c0=c0)
+        layer.backward(dhs)
+        layer.forward(xs, lengths=lengths, h0=h0, c0=c0, train=False)
+    _check(step, [xs, dhs, lengths, h0, c0, *_layer_objects(layer)])
+    hs = layer.forward(xs, lengths=lengths, h0=h0, c0=c0)
+    dxs = layer.backward(dhs)
+    assert _counts(hs, dxs, layer.dc) == [2, 2, 3]

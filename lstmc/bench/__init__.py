@@ -26,6 +26,9 @@ OpenBLAS variables unset) are listed with the measured ratio and ok/MISS. The ex
 code is 0 unless a contender failed or computed something other than lstmc (each is
 checked once before timing).
 
+The models section runs a whole 2-layer bidirectional ``StackedLSTM`` on a padded
+batch against onnxruntime (``sequence_lens``) and torch (``pack_padded_sequence``).
+
 The threads section runs K independent ``TimeLSTM`` inferences on one Python thread
 and on two (BLAS pinned to one thread), and reports the speed-up; the Dask section
 what handing a scoring job to a local cluster costs.
@@ -36,7 +39,7 @@ Modules
 ``timing``       contenders, batches, alternating rounds, medians and paired ratios
 ``contenders``   how lstmc, the NumPy reference, torch, onnxruntime and the floor are timed
 ``compare``      a section comparing contenders case by case, and its tables
-``cell``, ``seq``   those sections: cases, columns, ratios, targets
+``cell``, ``seq``, ``models``   those sections: cases, columns, ratios, targets
 ``threads``, ``dask``   the other two sections
 ``report``       tables, number formats, targets, header, JSON records
 ``environment``  cores, load, versions, BLAS pools, optional frameworks

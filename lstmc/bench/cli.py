@@ -10,7 +10,7 @@ import numpy as np
 import lstmc
 from lstmc import _blas_threads
 from lstmc._cli import Parser, positive, unwritable
-from lstmc.bench import cell, compare, dask, pipeline, seq, threads
+from lstmc.bench import cell, compare, dask, models, pipeline, seq, threads
 from lstmc.bench.environment import ENV_VARS, OTHER_ENV_VARS, Env, load
 from lstmc.bench.report import header, reproduce_command, say
 from lstmc.bench.timing import MIN_ROUNDS, Budget
@@ -18,7 +18,7 @@ from lstmc.bench.timing import MIN_ROUNDS, Budget
 __all__ = ["main", "build_parser"]
 
 PROG = "python -m lstmc bench"
-COMPARISONS = (cell.SECTION, seq.SECTION)
+COMPARISONS = (cell.SECTION, seq.SECTION, models.SECTION)
 
 DEFAULT_ROUNDS = 9
 QUICK_ROUNDS = 3
@@ -34,7 +34,8 @@ def build_parser():
         description="Benchmark lstmc.LSTM and lstmc.TimeLSTM against a NumPy "
         "implementation, torch and onnxruntime (when installed) and the compiled BLAS "
         "floor, in one process, in alternating rounds; print median times and ratios.")
-    p.add_argument("--section", choices=("cell", "seq", "threads", "dask", "pipeline", "all"),
+    p.add_argument("--section",
+                   choices=("cell", "seq", "models", "threads", "dask", "pipeline", "all"),
                    default="all", help="what to run (default %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="one small case per section, %d rounds, ~%g ms batches "
@@ -110,7 +111,7 @@ def main(argv=None):
                        "env": {k: os.environ.get(k) for k in ENV_VARS + OTHER_ENV_VARS},
                        "blas": _blas_threads.pools(), "skipped": env.skipped,
                        "max_minutes": args.max_minutes},
-              "cell": [], "seq": [], "threads": None, "dask": None, "pipeline": None}
+              "cell": [], "seq": [], "models": [], "threads": None, "dask": None, "pipeline": None}
     for section in comparisons:
         compare.run(env, args, section, _dtypes(args.dtype, section.dtypes),
                     report[section.name])

@@ -51,7 +51,7 @@ class Env:
                 self.skipped.append(("torch", "not installed"))
         if args.no_onnxruntime:
             self.skipped.append(("onnxruntime", "--no-onnxruntime"))
-        elif args.section in ("seq", "all"):
+        elif args.section in ("seq", "models", "all"):
             try:
                 import onnx
                 import onnxruntime
