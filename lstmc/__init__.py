@@ -22,10 +22,11 @@ except ImportError:
         "or build it in place with `python setup.py build_ext --inplace`." % _here) from None
 
 from ._layers import LSTM, TimeLSTM  # noqa: E402
+from ._stacked import StackedLSTM  # noqa: E402
 from ._io import load, save  # noqa: E402
 from ._threads import get_num_threads, set_num_threads, threads  # noqa: E402
 from . import convert  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "TimeLSTM", "convert", "get_num_threads", "load", "save",
+__all__ = ["LSTM", "StackedLSTM", "TimeLSTM", "convert", "get_num_threads", "load", "save",
            "set_num_threads", "threads", "__version__"]

@@ -155,12 +155,23 @@ class TimeLSTM(_Layer):
             bounded whatever T is (the gates of 32 MB worth of steps at a time, or
             of 8 steps if that is more).
         """
-        hs, self.h, self.c = self._work.forward(self, xs, lengths, h0, c0, train)
-        return hs
+        return _forward(self, xs, lengths, h0, c0, train)
 
     def backward(self, dhs):
         """dxs (N, T, D) for dhs (N, T, H); writes `grads` in place and sets `dh`
         and `dc` (gradients of the initial h and c). dhs past a row's length is
         ignored, and dxs is 0 there."""
-        dxs, self.dh, self.dc = self._work.backward(self, dhs)
-        return dxs
+        return _backward(self, dhs)
+
+
+# TimeLSTM's calls, for StackedLSTM too, which may cap a call's threads (0: lstmc's
+# setting) to run the two directions of a layer side by side.
+
+def _forward(layer, xs, lengths, h0, c0, train, threads=0):
+    hs, layer.h, layer.c = layer._work.forward(layer, xs, lengths, h0, c0, train, threads)
+    return hs
+
+
+def _backward(layer, dhs, threads=0):
+    dxs, layer.dh, layer.dc = layer._work.backward(layer, dhs, threads)
+    return dxs
