@@ -162,6 +162,37 @@ def check_time_lstm(dtype, rng):
     return _compare(pairs, TOLERANCE[dtype])
 
 
+def check_time_lengths(dtype, rng):
+    """lstmc.TimeLSTM with lengths, h0, c0, both directions: each row against the
+    NumPy reference run on that row's valid steps alone (reversed for reverse)."""
+    import lstmc
+
+    N, T, D, H = 5, 7, 4, 6
+    Wx, Wh, b = _weights(rng, D, H, dtype)
+    W64 = _f64(Wx, Wh, b)
+    xs = rng.standard_normal((N, T, D)).astype(dtype)
+    h0 = rng.standard_normal((N, H)).astype(dtype)
+    c0 = rng.standard_normal((N, H)).astype(dtype)
+    lengths = np.array([T, 0, 3, 1, 5])
+    pairs = []
+    for reverse in (False, True):
+        layer = lstmc.TimeLSTM(Wx, Wh, b, reverse=reverse)
+        hs = layer.forward(xs, lengths=lengths, h0=h0, c0=c0, train=False)
+        way = "reverse" if reverse else "forward"
+        for i, n in enumerate(lengths):
+            steps = xs[i:i + 1, :n][:, ::-1] if reverse else xs[i:i + 1, :n]
+            ref_hs, ref_h, ref_c, _ = reference.time_forward(
+                *_f64(steps), *W64, *_f64(h0[i:i + 1], c0[i:i + 1]))
+            if reverse:
+                ref_hs = ref_hs[:, ::-1]
+            want = np.zeros((1, T, H))
+            want[:, :n] = ref_hs
+            pairs += [("%s hs[%d]" % (way, i), hs[i:i + 1], want),
+                      ("%s h[%d]" % (way, i), layer.h[i:i + 1], ref_h if n else h0[i:i + 1]),
+                      ("%s c[%d]" % (way, i), layer.c[i:i + 1], ref_c if n else c0[i:i + 1])]
+    return _compare(pairs, TOLERANCE[dtype])
+
+
 def _gradcheck(loss, layer, analytic):
     """Compare (name, gradient, input) triples and the layer's grads with central
     differences of loss() with respect to each input and parameter."""
@@ -218,6 +249,8 @@ def _checks():
         ("LSTM      float64  forward/backward vs NumPy", lambda r: check_lstm(f64, r)),
         ("TimeLSTM  float32  forward/backward/state vs NumPy", lambda r: check_time_lstm(f32, r)),
         ("TimeLSTM  float64  forward/backward/state vs NumPy", lambda r: check_time_lstm(f64, r)),
+        ("TimeLSTM  float32  lengths/h0/reverse vs NumPy", lambda r: check_time_lengths(f32, r)),
+        ("TimeLSTM  float64  lengths/h0/reverse vs NumPy", lambda r: check_time_lengths(f64, r)),
         ("LSTM      float64  gradients vs central differences", gradcheck_lstm),
         ("TimeLSTM  float64  gradients vs central differences", gradcheck_time_lstm),
     ]
