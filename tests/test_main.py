@@ -288,7 +288,7 @@ def test_check_passes(check_run):
     assert sum("float32" in line for line in ok) == 2
     assert sum("central differences" in line for line in ok) == 2
     assert "FAIL" not in out
-    assert out.rstrip().endswith("all 6 checks passed")
+    assert out.rstrip().endswith("all 8 checks passed")
 
 
 def test_check_reports_blas_with_threadpoolctl(check_run):

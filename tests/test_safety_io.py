@@ -331,7 +331,7 @@ def test_check_bad_argument_is_one_line_exit_2(tmp_path, args, word):
 def test_check_seed_zero_is_accepted(tmp_path):
     r = run(["check", "--seed", "0"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "all 6 checks passed" in r.stdout
+    assert "all 8 checks passed" in r.stdout
 
 
 @pytest.mark.parametrize("where", ["missing dir", "a directory", "empty"])
