@@ -3,6 +3,8 @@
     lstmc [options]        train a small character-level language model (lstmc.charlm)
     lstmc check [options]  self-test the installed build (lstmc._check)
     lstmc bench [options]  benchmarks (lstmc.bench)
+    lstmc convert SRC DST  a trained LSTM between torch .pt, .onnx and lstmc .npz
+                           files (lstmc._convert_cli)
 
 Each command's module is imported only when that command runs. Usage errors are
 one line on stderr and exit code 2, never a traceback.
@@ -21,6 +23,10 @@ def main(argv=None, prog="lstmc"):
         from lstmc._check import main as check_main
 
         return check_main(argv[1:])
+    if command == "convert":
+        from lstmc._convert_cli import main as convert_main
+
+        return convert_main(argv[1:], prog="%s convert" % prog)
     if command == "bench":
         try:
             from lstmc.bench import main as bench_main

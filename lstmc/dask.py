@@ -12,18 +12,26 @@ Scoring a Zarr array, or a ``.npy`` file on a filesystem the workers share
     xs = da.from_zarr("s3://bucket/seqs.zarr")     # or lstmc.dask.from_npy("/shared/seqs.npy")
     lstmc.dask.predict(lstmc.load("model.npz"), xs, last_only=True).to_zarr("s3://bucket/h.zarr")
 
-How the work is split. Each block of rows goes to ``TimeLSTM.forward(block,
-train=False)``: sequences are independent (the layer's held state, if it is
-stateful, is not used), so any split along the batch axis computes the same
-math. The whole-array forward and the blockwise one agree to the documented
+How the work is split. Each block of rows goes to ``model.forward(block,
+lengths=block_lengths, train=False)`` (a TimeLSTM for a layer, a StackedLSTM for
+a stack): sequences are independent (a layer's held state, if it is stateful,
+is not used), so any split along the batch axis computes the same math. Padded
+batches pass ``lengths``, a Dask array (N,) chunked like xs along the batch axis
+(rechunked to xs's batch chunks if they differ) or an array-like::
+
+    lengths = da.from_zarr("s3://bucket/lengths.zarr")   # (N,) ints, 0 <= length <= T
+    lstmc.dask.predict(lstmc.load("stack.npz"), xs, lengths=lengths, last_only=True)
+
+The whole-array forward and the blockwise one agree to the documented
 tolerance (float64 ~1e-12 relative, float32 ~1e-5), not bit for bit: BLAS may
 pick another kernel for another row count (and gemv for one row), and Dask
 workers may run BLAS with another thread count, all of which round differently.
 
-How the weights travel. ``predict`` copies the layer's weights ``(Wx, Wh, b)``
-once (so later training steps do not change a lazy result) and puts that copy
-into the task graph once, under its own key (``lstmc-weights-<hash of the
-weights>``); every block task names that key instead of carrying the arrays.
+How the weights travel. ``predict`` copies the model's weights (a layer's
+``(Wx, Wh, b)``, a stack's ``weights()`` list) once, so later training steps do
+not change a lazy result, and puts that copy into the task graph once, under
+its own key (``lstmc-weights-<hash of the weights>``); every block task names
+that key instead of carrying the arrays.
 This works with every scheduler because it is plain Dask graph structure:
 
 - distributed: the graph goes to the scheduler with the weights in it once;
@@ -39,8 +47,8 @@ The key is a one-chunk 0-d dask array rather than a ``dask.delayed`` object,
 because Dask's array-expression backend (``array.query-planning``) drops a
 delayed argument's graph in ``map_blocks``. Blocks do not share a layer object
 (a layer serializes its own calls with a lock, and ``h`` would be shared): each
-builds a TimeLSTM on the shared read-only weights (microseconds), so blocks
-run in parallel threads with the GIL released.
+builds a TimeLSTM (or a StackedLSTM) on the shared read-only weights
+(microseconds), so blocks run in parallel threads with the GIL released.
 
 Needs the ``dask`` extra: ``pip install "lstmc[dask]"`` (Dask's array module;
 ``distributed`` for clusters). ``import lstmc`` never imports Dask.
@@ -58,6 +66,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "lstmc.dask needs Dask, which is not installed: "
         "pip install \"lstmc[dask]\" (dask[array] and distributed)") from exc
 
+import lstmc
 from ._layers import LSTM, TimeLSTM
 
 __all__ = ["predict", "from_npy"]
@@ -83,39 +92,114 @@ def _rows_for(row_bytes):
     return max(1, _BLOCK_BYTES // max(1, row_bytes))
 
 
-def _forward_block(xs, weights, last_only):
-    """One block: hs (n, T, H), or the last h (n, H), for xs (n, T, D)."""
-    Wx, Wh, b = weights.item() if isinstance(weights, np.ndarray) else weights
-    layer = TimeLSTM(Wx, Wh, b)       # its own scratch buffers; weights shared, read only
-    hs = layer.forward(xs, train=False)
-    return layer.h if last_only else hs
+def _forward_block(xs, weights, lengths=None, *, last_only, stacked):
+    """One block: hs (n, T, H·dirs), or the last valid h (n, H·dirs), for xs
+    (n, T, D) and lengths (n, 1, 1) or None."""
+    weights = weights.item() if isinstance(weights, np.ndarray) else weights
+    if lengths is not None:
+        lengths = lengths.reshape(-1)
+    # A model of its own (its own scratch buffers); the weights are shared, read only.
+    if stacked:
+        model = lstmc.StackedLSTM(weights)
+        hs = model.forward(xs, lengths=lengths, train=False)
+        if not last_only:
+            return hs
+        # torch's h_n[-dirs:] joined: the top layer's forward final h (its
+        # last valid output), then, for a bidirectional stack, the reverse
+        # direction's final h (its output at step 0).
+        dirs = model.num_directions
+        top = model.h[-dirs:]                       # (dirs, n, H)
+        return np.ascontiguousarray(top.transpose(1, 0, 2)).reshape(
+            len(xs), dirs * model.hidden_size)
+    model = TimeLSTM(*weights)
+    if lengths is None:     # the call of a release without lengths, bit for bit
+        hs = model.forward(xs, train=False)
+    else:
+        hs = model.forward(xs, lengths=lengths, train=False)
+    return model.h if last_only else hs
 
 
-def predict(layer, xs, *, last_only=False):
-    """Lazy hidden states of `layer` over xs, computed block by block on Dask.
+def _describe_model(model):
+    """(stacked, weights copy, dtype, D, width of an output row) of a model
+    predict() takes, else TypeError."""
+    if isinstance(model, (TimeLSTM, LSTM)):
+        weights = tuple(np.array(p, order="C", copy=True) for p in model.params)
+        return False, weights, model.dtype, model.input_size, model.hidden_size
+    if isinstance(model, lstmc.StackedLSTM):
+        weights = [_copy_nested(entry) for entry in model.weights()]
+        return (True, weights, model.dtype, model.input_size,
+                model.hidden_size * model.num_directions)
+    raise TypeError("predict() takes an lstmc.StackedLSTM or a layer, and a layer must be "
+                    f"an lstmc.TimeLSTM or lstmc.LSTM; got {type(model).__name__}")
 
-    layer: a TimeLSTM or an LSTM (its weights, run over the sequence); its
-        weights are copied now, and its held state is ignored (every sequence
-        starts from zeros).
-    xs: (N, T, D) of the layer's dtype: a dask array chunked along N (T and D
+
+def _copy_nested(entry):
+    """A C-contiguous copy of a StackedLSTM.weights() entry: a (Wx, Wh, b)
+    triple, or a pair of them."""
+    if isinstance(entry[0], (tuple, list)):
+        return tuple(_copy_nested(e) for e in entry)
+    return tuple(np.array(p, order="C", copy=True) for p in entry)
+
+
+def _lengths(lengths, N, T, batch_chunks):
+    """lengths as a dask array (N, 1, 1) of int64 chunked like xs along N;
+    checked now when its values are at hand (ValueError, TypeError)."""
+    if any(math.isnan(c) for c in batch_chunks):
+        raise ValueError("xs has unknown chunk sizes along the batch axis; call "
+                         "xs.compute_chunk_sizes() first to pass lengths")
+    if not isinstance(lengths, da.Array):
+        lengths = np.asarray(lengths)
+    shape = tuple(lengths.shape)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"lengths has dtype {lengths.dtype}; expected integers")
+    if len(shape) != 1 or shape[0] != N:
+        raise ValueError(f"lengths has shape {shape}; expected (N,) = ({N},), one per row of xs")
+    if isinstance(lengths, np.ndarray):
+        if N and (lengths.min() < 0 or lengths.max() > T):
+            bad = int(np.flatnonzero((lengths < 0) | (lengths > T))[0])
+            raise ValueError(f"lengths[{bad}] is {lengths[bad]}; expected 0 <= length <= T = {T}")
+        lengths = da.from_array(lengths, chunks=(batch_chunks,))
+    if lengths.chunks[0] != batch_chunks:
+        if any(math.isnan(c) for c in lengths.chunks[0]):
+            raise ValueError("lengths has unknown chunk sizes; call "
+                             "lengths.compute_chunk_sizes() first")
+        lengths = lengths.rechunk((batch_chunks,))
+    return lengths.astype(np.int64)[:, None, None]
+
+
+def predict(model, xs, *, lengths=None, last_only=False):
+    """Lazy hidden states of `model` over xs, computed block by block on Dask.
+
+    model: a StackedLSTM, a TimeLSTM or an LSTM (its weights, run over the
+        sequence); its weights are copied now, and a layer's held state is
+        ignored (every sequence starts from zeros).
+    xs: (N, T, D) of the model's dtype: a dask array chunked along N (T and D
         are rechunked to one chunk when they are split; the batch chunks are
         kept), or an array-like (NumPy array, Zarr array, ...) that is wrapped
         with ``dask.array.from_array`` in blocks of about 16 MiB. An in-memory
         NumPy array, or a ``numpy.memmap``, travels inside the graph: on a
         cluster, read the data where it lives (``dask.array.from_zarr``,
         ``from_npy``) instead.
-    last_only: False -> hs (N, T, H); True -> the last step's h (N, H), what a
-        classifier reads (zeros when T == 0).
+    lengths: None (every row runs all T steps), or integers (N,), each
+        0 <= lengths[i] <= T: row i runs steps 0 ... lengths[i]-1 only and
+        hs[i, t] is 0 beyond (as ``forward(xs, lengths=...)``). A dask array
+        chunked like xs along N (rechunked to xs's batch chunks if not), or an
+        array-like (checked now; a dask array's values are checked when its
+        blocks run).
+    last_only: False -> hs (N, T, H·dirs); True -> each row's final hidden
+        state (N, H·dirs), what a classifier reads: for a layer, and for a
+        one-direction stack, the output at the row's last valid step (the top
+        layer's, for a stack; zeros when the row's length, or T, is 0). For a
+        bidirectional stack, the top layer's forward final h joined with its
+        reverse final h (torch's ``h_n[-2:]`` joined; the reverse half is
+        the reverse direction's output at step 0, which it reaches last).
 
-    Returns a dask array of the layer's dtype, chunked like xs along N; call
+    Returns a dask array of the model's dtype, chunked like xs along N; call
     ``.compute()`` (any scheduler), ``.to_zarr(...)``, ``.store(...)``.
-    Raises TypeError for a wrong layer or dtype, ValueError for a wrong shape,
-    before anything runs.
+    Raises TypeError for a wrong model or dtype, ValueError for a wrong shape
+    (or lengths out of range, when known now), before anything runs.
     """
-    if not isinstance(layer, (TimeLSTM, LSTM)):
-        raise TypeError(f"layer must be an lstmc.TimeLSTM or lstmc.LSTM; "
-                        f"got {type(layer).__name__}")
-    dtype, D, H = layer.dtype, layer.input_size, layer.hidden_size
+    stacked, params, dtype, D, H = _describe_model(model)
 
     if not isinstance(xs, da.Array) and not all(
             hasattr(xs, a) for a in ("shape", "dtype", "__getitem__")):
@@ -134,23 +218,28 @@ def predict(layer, xs, *, last_only=False):
                          "call xs.compute_chunk_sizes() first")
     if xs.numblocks[1] > 1 or xs.numblocks[2] > 1:
         xs = xs.rechunk({1: -1, 2: -1})
+    # (N, 1, 1): map_blocks lines its blocks up with xs's by broadcasting
+    extra = () if lengths is None else (_lengths(lengths, N, T, xs.chunks[0]),)
 
-    params = [np.array(p, order="C", copy=True) for p in layer.params]
-    token = dask.base.tokenize(*params)
+    # The structure is in the key too: one layer's triple and a one-layer
+    # stack's list of it hold the same arrays but build different models.
+    token = dask.base.tokenize("stack" if stacked else "layer", params)
     holder = np.empty((), dtype=object)
-    holder[()] = tuple(params)
+    holder[()] = params
     weights = da.from_array(holder, chunks=(), name=f"lstmc-weights-{token}")
 
     # A name of our own (not map_blocks' token=, deprecated in the array-expression
     # backend) so the blocks show as lstmc-predict-... on the dashboard.
-    name = f"lstmc-predict-{dask.base.tokenize(xs.name, weights.name, last_only)}"
+    name = "lstmc-predict-" + dask.base.tokenize(
+        xs.name, weights.name, *(e.name for e in extra), last_only)
+    kwargs = dict(last_only=last_only, stacked=stacked, dtype=dtype, name=name)
     if last_only:
-        return da.map_blocks(_forward_block, xs, weights, last_only=True,
-                             drop_axis=1, chunks=(xs.chunks[0], (H,)), dtype=dtype,
-                             meta=np.empty((0, 0), dtype), name=name)
-    return da.map_blocks(_forward_block, xs, weights, last_only=False,
-                         chunks=(xs.chunks[0], (T,), (H,)), dtype=dtype,
-                         meta=np.empty((0, 0, 0), dtype), name=name)
+        return da.map_blocks(_forward_block, xs, weights, *extra, drop_axis=1,
+                             chunks=(xs.chunks[0], (H,)),
+                             meta=np.empty((0, 0), dtype), **kwargs)
+    return da.map_blocks(_forward_block, xs, weights, *extra,
+                         chunks=(xs.chunks[0], (T,), (H,)),
+                         meta=np.empty((0, 0, 0), dtype), **kwargs)
 
 
 class _NpyFile:

@@ -51,7 +51,7 @@ def test_bench_quick_all_sections(tmp_path):
     report = json.loads(out_json.read_text())
     assert report["cell"] and report["seq"] and report["threads"] and report["pipeline"]
     models = report["models"][0]
-    for key in ("lens", "all T", "none", "ort lens", "torch packed"):
+    for key in ("lens", "full", "none", "ort lens", "torch packed"):
         assert models["median_us"][key] > 0, key
     assert report["cell"][0]["median_us"]["n=1 inf"] > 0
     assert report["seq"][0]["median_us"]["floor n=1 fwd"] > 0

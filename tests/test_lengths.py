@@ -332,3 +332,18 @@ def test_against_torch_pack_padded(rng, reverse):
                                rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(layer.h, h_n.detach().numpy()[d], rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(layer.c, c_n.detach().numpy()[d], rtol=1e-12, atol=1e-13)
+
+
+def test_save_load_keeps_reverse(rng, tmp_path):
+    """A reverse TimeLSTM saves a `reverse` flag; a forward one writes the file as
+    before (no such key), so older lstmc versions still read it."""
+    layer, _, xs, _, _ = make(rng, 2, 4, 3, 5, np.float32, reverse=True)
+    lstmc.save(tmp_path / "r.npz", layer)
+    back = lstmc.load(tmp_path / "r.npz")
+    assert back.reverse and isinstance(back, lstmc.TimeLSTM)
+    np.testing.assert_array_equal(back.forward(xs, lengths=[3, 1]), layer.forward(xs, lengths=[3, 1]))
+    assert bool(np.load(tmp_path / "r.npz", allow_pickle=False)["reverse"])
+    layer.reverse = False
+    lstmc.save(tmp_path / "f.npz", layer)
+    assert "reverse" not in np.load(tmp_path / "f.npz", allow_pickle=False).files
+    assert not lstmc.load(tmp_path / "f.npz").reverse

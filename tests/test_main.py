@@ -284,8 +284,9 @@ def test_check_passes(check_run):
                        r"split by (rows|units).*recurrent product m = ", out, re.MULTILINE)
     assert len(plans) == 4, out
     ok = [line for line in out.splitlines() if line.startswith("  ok ")]
-    assert len(ok) == 6
-    assert sum("float32" in line for line in ok) == 2
+    assert len(ok) == 8
+    assert sum("float32" in line for line in ok) == 3
+    assert sum("lengths" in line for line in ok) == 2
     assert sum("central differences" in line for line in ok) == 2
     assert "FAIL" not in out
     assert out.rstrip().endswith("all 8 checks passed")

@@ -21,7 +21,8 @@ def parser(prog="lstmc"):
         "lstmc.TimeLSTM (embedding, affine, softmax and Adam in plain NumPy), report "
         "validation perplexity against a unigram baseline, and sample some text.",
         epilog="other commands: '%s check' self-tests this build; '%s bench' runs "
-        "benchmarks." % (prog, prog))
+        "benchmarks; '%s convert SRC DST' converts a model between .onnx, a torch "
+        ".pt state_dict and lstmc's .npz." % (prog, prog, prog))
     p.add_argument("--corpus", metavar="FILE",
                    help="UTF-8 text to learn (default: the Python help topics in pydoc_data)")
     p.add_argument("--hidden", type=positive(int), default=DEFAULT_HIDDEN, metavar="H",
