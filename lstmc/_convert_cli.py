@@ -11,8 +11,10 @@ SRC                      read as
 ``.npz``                 an lstmc weights file (``lstmc.load``)
 =======================  ===================================================
 
-DST is ``.npz`` (``lstmc.save`` of the ``StackedLSTM``) or ``.onnx``
-(``StackedLSTM.to_onnx``: inputs X, sequence_lens, initial_h, initial_c).
+DST is ``.npz`` (``lstmc.save`` of the ``StackedLSTM``, in its own dtype) or
+``.onnx`` (``StackedLSTM.to_onnx``: inputs X, sequence_lens, initial_h,
+initial_c), written in float32 unless ``--onnx-dtype float64``: onnxruntime's
+LSTM runs float32 only.
 The formats are told apart by the file names' extensions (any case). A
 single-layer ``.npz`` (an ``LSTM`` or ``TimeLSTM``) is converted as a
 one-layer stack.
@@ -65,6 +67,9 @@ def build_parser():
                    "(replaced if it exists)")
     p.add_argument("--prefix", metavar="P", help="for a state_dict holding several LSTMs: "
                    "the prefix of the one to convert's keys (e.g. 'encoder.lstm.')")
+    p.add_argument("--onnx-dtype", choices=("float32", "float64"), default="float32",
+                   help="the dtype of an .onnx DST (default %(default)s, what onnxruntime's "
+                   "LSTM runs)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="on a failure, print the traceback instead of one line")
     return p
@@ -125,6 +130,10 @@ def _read(path, fmt, prefix):
         obj = lstmc.load(path)
         if isinstance(obj, lstmc.StackedLSTM):
             return obj
+        if getattr(obj, "reverse", False):
+            raise _Failed("holds a TimeLSTM with reverse=True: a reverse direction alone is "
+                          "not a model other frameworks run (save the StackedLSTM it "
+                          "belongs to)", 1)
         return lstmc.StackedLSTM([tuple(obj.params)])
     if fmt == "onnx":
         return lstmc.StackedLSTM.from_onnx(path)
@@ -156,7 +165,7 @@ def _mode_for(path):
         return 0o666 & ~umask
 
 
-def _write(model, path, fmt):
+def _write(model, path, fmt, onnx_dtype):
     import lstmc
 
     if fmt == "npz":
@@ -167,7 +176,7 @@ def _write(model, path, fmt):
     fd, tmp = tempfile.mkstemp(prefix="." + base + ".", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
-        model.to_onnx(tmp)
+        model.to_onnx(tmp, dtype=onnx_dtype)
         os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
@@ -206,7 +215,7 @@ def _convert(args):
             raise
         raise _Failed("SRC %r: %s" % (args.src, _describe(exc)), 1) from None
     try:
-        _write(model, args.dst, dst_fmt)
+        _write(model, args.dst, dst_fmt, args.onnx_dtype)
     except Exception as exc:
         if args.verbose:
             raise

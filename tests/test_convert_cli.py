@@ -387,7 +387,7 @@ def test_existing_dst_is_replaced_keeping_its_permissions(pt, tmp_path, capsys, 
 def test_failed_onnx_write_leaves_dst_and_no_temporary(pt, tmp_path, capsys, monkeypatch):
     require("onnx")
 
-    def half_written(self, path):
+    def half_written(self, path, **kwargs):
         with open(path, "wb") as fh:
             fh.write(b"half a model")
         raise OSError(28, "No space left on device")
@@ -395,3 +395,39 @@ def test_failed_onnx_write_leaves_dst_and_no_temporary(pt, tmp_path, capsys, mon
     monkeypatch.setattr(lstmc.StackedLSTM, "to_onnx", half_written)
     _assert_fails_keeping_dst(capsys, tmp_path, pt, 1, "cannot write DST", "No space left",
                               dst_name="out.onnx")
+
+
+def test_float64_npz_to_onnx_runs_under_onnxruntime(tmp_path, capsys):
+    """onnxruntime's LSTM runs float32 only: a float64 model is written as float32
+    unless --onnx-dtype float64 is asked for."""
+    ort = require("onnxruntime")
+    onnx = require("onnx")
+    rng = np.random.default_rng(4)
+    model = lstmc.StackedLSTM([tuple(tuple(rng.standard_normal(s) * 0.5 for s in
+                                           ((D, 4 * H), (H, 4 * H), (4 * H,)))
+                                     for _ in range(2))])
+    src, dst = tmp_path / "m.npz", tmp_path / "m.onnx"
+    lstmc.save(src, model)
+    code, out, err = convert(capsys, src, dst)
+    assert code == 0, err
+    xs = rng.standard_normal((N, T, D))
+    lengths = rng.integers(0, T + 1, N)
+    want = model.forward(xs, lengths=lengths, train=False)
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    zeros = np.zeros((2, N, H), np.float32)
+    (Y,) = session.run(["Y"], {"X": xs.astype(np.float32), "sequence_lens":
+                               lengths.astype(np.int32), "initial_h": zeros, "initial_c": zeros})
+    np.testing.assert_allclose(Y, want, atol=1e-5)
+    code, out, err = convert(capsys, src, dst, "--onnx-dtype", "float64")
+    assert code == 0, err
+    elem = onnx.load(str(dst)).graph.input[0].type.tensor_type.elem_type
+    assert elem == onnx.TensorProto.DOUBLE
+
+
+def test_reverse_timelstm_npz_is_refused(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    layer = lstmc.TimeLSTM(*(rng.standard_normal(s) for s in ((D, 4 * H), (H, 4 * H), (4 * H,))),
+                           reverse=True)
+    lstmc.save(tmp_path / "r.npz", layer)
+    assert_error(convert(capsys, tmp_path / "r.npz", tmp_path / "r.onnx"), 1, "reverse=True")
+    assert not (tmp_path / "r.onnx").exists()

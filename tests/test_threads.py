@@ -258,12 +258,16 @@ def test_backward_concurrent_with_forward(one_blas_thread, dtype, kind):
                        for jj in range(len(fwd))):
                 bad.append((tid, it, "backward matches no forward's cache"))
 
-    log, failures = _run_threads(3, worker)
-    assert not failures, failures[:3]
-    assert not bad, bad[:5]
-    assert outcomes["ok"] + outcomes["race"] == 3 * iters
-    # Both outcomes occur (measured: 11-31 races in 36 backwards): the race branch
-    # runs. The deterministic test below reaches it on every run as well.
+    # Both outcomes occur (measured: 11-31 races in 36 backwards, but now and then
+    # none on a fast machine: then the round runs again, up to 5 times): the race
+    # branch runs. The deterministic test below reaches it on every run as well.
+    for rounds in range(1, 6):
+        log, failures = _run_threads(3, worker)
+        assert not failures, failures[:3]
+        assert not bad, bad[:5]
+        assert outcomes["ok"] + outcomes["race"] == 3 * iters * rounds
+        if outcomes["race"] > 0:
+            break
     assert outcomes["ok"] > 0 and outcomes["race"] > 0, outcomes
     assert _overlaps(log) >= iters, "the calls did not overlap: the test proves nothing"
     # the grads are those of one complete backward
