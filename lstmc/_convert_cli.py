@@ -35,10 +35,10 @@ failed conversion leaves an existing DST as it was.
 import os
 import re
 import sys
-import tempfile
 import warnings
 
 from lstmc._cli import Parser, unwritable
+from lstmc._io import write_atomic
 
 PROG = "python -m lstmc convert"
 
@@ -154,17 +154,6 @@ def _read(path, fmt, prefix):
     return lstmc.StackedLSTM.from_torch(_lstm_keys(state, prefix))
 
 
-def _mode_for(path):
-    """The permissions a new file at ``path`` gets: those of the file it
-    replaces, else what open() would create (0o666 less the umask)."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def _write(model, path, fmt, onnx_dtype):
     import lstmc
 
@@ -172,19 +161,8 @@ def _write(model, path, fmt, onnx_dtype):
         lstmc.save(path, model)            # atomic
         return
     # Atomic as lstmc.save: a complete file next to DST, renamed over it.
-    directory, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + base + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        model.to_onnx(tmp, dtype=onnx_dtype)
-        os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    data = model.to_onnx(dtype=onnx_dtype).SerializeToString()
+    write_atomic(os.fsdecode(os.fspath(path)), lambda fh: fh.write(data))
 
 
 def _convert(args):

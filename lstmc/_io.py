@@ -258,12 +258,13 @@ def save(path, obj):
     if hasattr(path, "write"):
         np.savez(path, **arrays)
         return
-    _write_atomic(os.fsdecode(os.fspath(path)), arrays)
+    write_atomic(os.fsdecode(os.fspath(path)), lambda fh: np.savez(fh, **arrays))
 
 
-def _write_atomic(path, arrays):
-    """``np.savez`` into a new file next to ``path``, renamed over ``path``
-    once complete: readers see the old file or the new one, never a part."""
+def write_atomic(path, write):
+    """``write(fh)`` into a new file next to ``path``, renamed over ``path``
+    once complete: readers see the old file or the new one, never a part (also
+    what ``python -m lstmc convert`` writes its .onnx files with)."""
     if os.path.islink(path):
         path = os.path.realpath(path)  # replace the file, not the link
     if os.path.isdir(path):
@@ -279,7 +280,7 @@ def _write_atomic(path, arrays):
             continue
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())  # a full disk shows here at the latest
         try:  # keep the permissions of the file being replaced

@@ -387,12 +387,12 @@ def test_existing_dst_is_replaced_keeping_its_permissions(pt, tmp_path, capsys, 
 def test_failed_onnx_write_leaves_dst_and_no_temporary(pt, tmp_path, capsys, monkeypatch):
     require("onnx")
 
-    def half_written(self, path, **kwargs):
-        with open(path, "wb") as fh:
-            fh.write(b"half a model")
+    import lstmc._io
+
+    def disk_full(fd):                  # the model is written, the flush to disk fails
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(lstmc.StackedLSTM, "to_onnx", half_written)
+    monkeypatch.setattr(lstmc._io.os, "fsync", disk_full)
     _assert_fails_keeping_dst(capsys, tmp_path, pt, 1, "cannot write DST", "No space left",
                               dst_name="out.onnx")
 
