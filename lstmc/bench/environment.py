@@ -12,8 +12,8 @@ __all__ = ["Env", "cores", "load", "blas_threads", "ENV_VARS", "OTHER_ENV_VARS"]
 
 # The OpenBLAS variables the targets are stated without, and others that change speed.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-OTHER_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OPENBLAS_VERBOSE", "OMP_NUM_THREADS",
-                  "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+OTHER_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_VERBOSE",
+                  "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 
 
 class Env:

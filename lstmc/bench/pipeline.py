@@ -44,6 +44,7 @@ speed-up numpy/lstmc: the median over the rounds of the ratio within each round.
 """
 import contextlib
 import functools
+import os
 import time
 
 import numpy as np
@@ -357,6 +358,10 @@ def _print(table_rows, targets, noise, why_not):
         "threads in both" % lstmc.get_num_threads())
     if why_not:
         say("NumPy pinned rows skipped: %s" % why_not)
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        say("(NumPy's idle OpenBLAS threads spin for a while after each NumPy call and take "
+            "a core from lstmc's threads in the defaults rows; OPENBLAS_THREAD_TIMEOUT=4 "
+            "in the environment makes them sleep sooner: README, Threads)")
     say(table(["(N,T,D,H,vocab)", "row"] + ["NumPy", "lstmc", "speed-up"] * len(VARIANTS)
               + ["check"], table_rows, left=2,
               groups=[("", 2)] + [(v, 3) for v in VARIANTS] + [("", 1)]))
