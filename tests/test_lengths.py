@@ -347,3 +347,36 @@ def test_save_load_keeps_reverse(rng, tmp_path):
     lstmc.save(tmp_path / "f.npz", layer)
     assert "reverse" not in np.load(tmp_path / "f.npz", allow_pickle=False).files
     assert not lstmc.load(tmp_path / "f.npz").reverse
+
+
+class _Reentrant:
+    """An array-like whose conversion runs a forward on the same layer and
+    replaces the layer's Wh with a copy (user code inside the call)."""
+
+    def __init__(self, layer, xs, value):
+        self.layer, self.xs, self.value, self.ran = layer, xs, value, False
+
+    def __array__(self, dtype=None, copy=None):
+        self.ran = True
+        self.layer.forward(self.xs, train=False)
+        self.layer.params[1] = self.layer.params[1].copy()
+        return np.asarray(self.value) if dtype is None else np.asarray(self.value, dtype)
+
+
+@pytest.mark.parametrize("name", ["lengths", "h0", "c0"])
+def test_odd_array_likes_run_before_the_lock(rng, name):
+    """Converting lengths, h0 or c0 may run user code that calls the same layer
+    and replaces its params: no deadlock, and the call computes with the params
+    it finds after the conversion."""
+    N, T, D, H = 4, 5, 3, 6
+    layer, params, xs, h0, c0 = make(rng, N, T, D, H, np.float64)
+    lengths = np.array([5, 0, 2, 3])
+    args = dict(lengths=lengths, h0=h0, c0=c0)
+    odd = _Reentrant(layer, xs, args[name])
+    args[name] = odd
+    hs = layer.forward(xs, **args)
+    assert odd.ran
+    Wx, Wh, b = layer.params                 # Wh is the copy the conversion put there
+    ref = padded_reference(xs, Wx, Wh, b, lengths, h0, c0)
+    assert_close(hs, ref[0], np.float64)
+    layer.backward(np.ones((N, T, H)))

@@ -934,3 +934,33 @@ def test_side_by_side_in_a_forked_child(side_by_side):
     with ctx.Pool(1) as pool:
         got = pool.apply_async(model.forward, (xs,)).get(timeout=60)
     np.testing.assert_array_equal(got, want)
+
+
+def test_side_by_side_from_several_python_threads(side_by_side):
+    """Four Python threads run their own bidirectional stacks at once (their side
+    work shares the one side thread): each gets what it gets alone."""
+    import threading
+    rng = np.random.default_rng(14)
+    models = [_bidirectional(rng, np.float64) for _ in range(4)]
+    inputs = [rng.standard_normal((5, 6, 5)) for _ in range(4)]
+    lengths = [rng.integers(0, 7, 5) for _ in range(4)]
+    want = [m.forward(x, lengths=n, train=False) for m, x, n in zip(models, inputs, lengths)]
+    got, errors = [None] * 4, []
+    barrier = threading.Barrier(4)
+
+    def work(k):
+        try:
+            barrier.wait()
+            for _ in range(20):
+                got[k] = models[k].forward(inputs[k], lengths=lengths[k], train=False)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
