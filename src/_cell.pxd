@@ -177,13 +177,13 @@ cdef int lstm_sequence_backward(
 # call dc_carry holds the gradient of c0.
 #
 # lengths: row n runs steps 0 .. lengths[n] - 1 only (0 <= lengths[n] <= T);
-# the rows of each task (plan.block rows; the whole batch when plan is NULL)
-# must be sorted longest first, else the kernel returns -1. Rows past their
+# the rows of each task (plan.block rows; the whole batch when plan is NULL or
+# by_units) must be sorted longest first, else the kernel returns -1. Rows past their
 # length are not computed: hs and cells there are left as they were, h_last and
 # c_last are each row's state after its last step (h0 / c0 for a length of 0),
 # h_prevs is zero there; backward reads no dhs there and writes zero dA and
-# dxs. With lengths the plan's by_units is not used (rows mode). The products
-# of the backward run over every step, so xs past a row's length must be
+# dxs. Each step's products and gate loop run on the rows still running. The
+# products of the backward run over every step, so xs past a row's length must be
 # finite (zeros, say).
 
 

@@ -74,6 +74,8 @@ cdef struct _SequenceArgs:
     void *db
     Py_ssize_t column_piece, row_piece, column_tasks   # the backward's second phase
     Py_ssize_t unit_piece, step                        # plan.by_units: a round per step
+    Py_ssize_t running                                 # by_units: the rows that run this step
+    Py_ssize_t first_step, row_ld, step_ld             # by_units with lengths: a projection
     Py_ssize_t rows, row_spacing                       # by_units: rows being projected
     # by_units, the forward: the step a round runs, each matrix with its ld
     void *step_gates
@@ -104,6 +106,11 @@ cdef inline Py_ssize_t _blocks(const Plan *plan, Py_ssize_t N) noexcept nogil:
 # a prefix of the task's rows: each step's products and gate loop run on that
 # prefix, and a finished row costs nothing more.
 
+cdef inline Py_ssize_t _task_rows(const Plan *plan, Py_ssize_t N) noexcept nogil:
+    """The rows of one row task: the whole batch by units."""
+    return N if plan.by_units else plan.block
+
+
 cdef inline bint _lengths_fit(const Py_ssize_t *lengths, Py_ssize_t N, Py_ssize_t T,
                               Py_ssize_t block) noexcept nogil:
     """Every length in 0 .. T, and non-increasing within each block of rows."""
@@ -129,6 +136,25 @@ cdef inline Py_ssize_t _running(const Py_ssize_t *lengths, Py_ssize_t N,
         else:
             hi = mid
     return lo
+
+
+# Projecting each row's valid steps alone costs a gemm per row, each repacking
+# Wx (measured here: a repack of Wx costs about what projecting 10-25 rows does);
+# projecting every step of the rows, padding included, costs one. Each row's
+# own steps pay when the padding averages more than this many steps a row.
+cdef Py_ssize_t _PADDING_PER_ROW = 16
+
+
+cdef inline bint _by_row(const Py_ssize_t *lengths, Py_ssize_t N, Py_ssize_t first_step,
+                         Py_ssize_t steps) noexcept nogil:
+    """Whether to project the valid steps of each row alone (else all steps
+    first_step .. first_step + steps - 1 of all N rows, padding included)."""
+    cdef Py_ssize_t n, padding = 0
+    if lengths == NULL:
+        return False
+    for n in range(N):
+        padding += steps - min(max(lengths[n] - first_step, 0), steps)
+    return padding > _PADDING_PER_ROW * N
 
 
 cdef void _project_lengths(Py_ssize_t N, Py_ssize_t D, Py_ssize_t G4,
@@ -181,10 +207,37 @@ cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
         gemm(c'n', c'n', N, G4, H, 1, h_prev, ldh, Wh, G4, 1, gates, ldg)
 
 
+cdef void _forward_tail(Py_ssize_t N, Py_ssize_t T, Py_ssize_t H, const Py_ssize_t *lengths,
+                        const floating *h0, const floating *c0, const floating *hs,
+                        const floating *cells, floating *h_prevs, floating *h_last,
+                        floating *c_last) noexcept nogil:
+    """After a training forward's time loop: every step's h_prev as one (N*T, H)
+    matrix for backward's dWh (zeros past a row's length: the backward's
+    products run over every step), and the last state of every row."""
+    cdef Py_ssize_t n, valid, TH = T * H
+    for n in range(N):
+        valid = T if lengths == NULL else lengths[n]
+        if h0 != NULL:
+            memcpy(h_prevs + n * TH, h0 + n * H, H * sizeof(floating))
+        else:
+            memset(h_prevs + n * TH, 0, H * sizeof(floating))
+        if valid > 1:
+            memcpy(h_prevs + n * TH + H, hs + n * TH, (valid - 1) * H * sizeof(floating))
+        if valid < T:
+            memset(h_prevs + n * TH + max(valid, 1) * H, 0,
+                   (T - max(valid, 1)) * H * sizeof(floating))
+    if lengths != NULL:
+        _last_valid(N, H, lengths, hs, TH, h0, h_last)
+        _last_valid(N, H, lengths, cells, TH, c0, c_last)
+    else:
+        _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
+        _copy_rows(c_last, H, cells + (T - 1) * H, TH, N, H)
+
+
 cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
     cdef Py_ssize_t D = a.input_size, H = a.hidden_size, T = a.steps
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
-    cdef Py_ssize_t first, n, t, valid
+    cdef Py_ssize_t first, n, t
     cdef Py_ssize_t N = _block_rows(a, task, &first)
     cdef Py_ssize_t rows = N                # rows still running at step t
     cdef Py_ssize_t ldx = _step_ld(N, T, D, a.xs_seq_stride, a.xs_step_stride)
@@ -203,7 +256,7 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
     cdef floating *recurrent = _at_out(a.recurrent, first * G4, kind)
     cdef const floating *h_prev
     cdef const floating *c_prev
-    if lengths != NULL:                                       # each row's valid steps only
+    if _by_row(lengths, N, 0, T):                             # each row's valid steps only
         _project_lengths(N, D, G4, xs, a.xs_seq_stride, a.xs_step_stride, Wx, lengths,
                          0, T, gates, TG, G4)
     elif _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
@@ -224,25 +277,8 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
                            gates + t * G4, TG, recurrent)
         gates_forward(rows, H, gates + t * G4, TG, b, c_prev, TH if t > 0 else H,
                       cells + t * H, TH, hs + t * H, TH, tanh_cells + t * H, TH)
-    # Backward's dWh needs every step's h_prev as one (N*T, H) matrix (zeros
-    # past a row's length: the backward's products run over every step).
-    for n in range(N):
-        valid = T if lengths == NULL else lengths[n]
-        if h0 != NULL:
-            memcpy(h_prevs + n * TH, h0 + n * H, H * sizeof(floating))
-        else:
-            memset(h_prevs + n * TH, 0, H * sizeof(floating))
-        if valid > 1:
-            memcpy(h_prevs + n * TH + H, hs + n * TH, (valid - 1) * H * sizeof(floating))
-        if valid < T:
-            memset(h_prevs + n * TH + max(valid, 1) * H, 0,
-                   (T - max(valid, 1)) * H * sizeof(floating))
-    if lengths != NULL:
-        _last_valid(N, H, lengths, hs, TH, h0, _at_out(a.h_last, first * H, kind))
-        _last_valid(N, H, lengths, cells, TH, c0, _at_out(a.c_last, first * H, kind))
-    else:
-        _copy_rows(_at_out(a.h_last, first * H, kind), H, hs + (T - 1) * H, TH, N, H)
-        _copy_rows(_at_out(a.c_last, first * H, kind), H, cells + (T - 1) * H, TH, N, H)
+    _forward_tail(N, T, H, lengths, h0, c0, hs, cells, h_prevs,
+                  _at_out(a.h_last, first * H, kind), _at_out(a.c_last, first * H, kind))
 
 
 cdef void _forward_task(void *args, ptrdiff_t task) noexcept nogil:
@@ -264,8 +300,9 @@ cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_
         a.plan.threads, a.plan.block = 1, N
     a.plan.block = max(1, min(a.plan.block, N))
     a.plan.threads = max(1, a.plan.threads)
-    a.plan.by_units = a.plan.by_units and a.plan.threads > 1 and lengths == NULL
+    a.plan.by_units = a.plan.by_units and a.plan.threads > 1
     a.lengths = lengths
+    a.running = N
     a.plan.recurrent_by_rows = a.plan.recurrent_by_rows and recurrent_scratch
     a.unit_piece = _ceil_div(_ceil_div(H, a.plan.threads), 16) * 16
 
@@ -304,10 +341,40 @@ cdef void _project(_SequenceArgs *a, const void *xs, Py_ssize_t row_spacing,
     lstmc_parallel(p.plan.threads, p.plan.threads, _project_task, &p)
 
 
+cdef void _project_rows_lengths(floating *kind, const _SequenceArgs *a,
+                                ptrdiff_t task) noexcept nogil:
+    """By units with lengths: rows task, task + threads, ... of a.gates = x @ Wx
+    for their valid steps among a.first_step .. a.first_step + a.rows - 1 (rows
+    dealt in turn: the longest rows are not all one task's)."""
+    cdef Py_ssize_t n = task
+    cdef Py_ssize_t D = a.input_size, G4 = 4 * a.hidden_size
+    while n < a.batch:
+        _project_lengths(1, D, G4, <const floating *> a.xs + n * a.xs_seq_stride,
+                         a.xs_seq_stride, a.xs_step_stride, <const floating *> a.Wx,
+                         a.lengths + n, a.first_step, a.rows,
+                         <floating *> a.gates + n * a.row_ld, a.row_ld, a.step_ld)
+        n += a.plan.threads
+
+
+cdef void _project_lengths_task(void *args, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _project_rows_lengths(<double *> NULL, <_SequenceArgs *> args, task)
+    else:
+        _project_rows_lengths(<float *> NULL, <_SequenceArgs *> args, task)
+
+
+cdef void _project_valid(_SequenceArgs *a, Py_ssize_t first_step, Py_ssize_t steps,
+                         void *out, Py_ssize_t row_ld, Py_ssize_t step_ld) noexcept nogil:
+    """out = the valid steps of every row (a.lengths) @ Wx, on plan.threads."""
+    cdef _SequenceArgs p = a[0]
+    p.first_step, p.rows, p.gates, p.row_ld, p.step_ld = first_step, steps, out, row_ld, step_ld
+    lstmc_parallel(p.plan.threads, min(p.plan.threads, p.batch), _project_lengths_task, &p)
+
+
 cdef void _step_units(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
     """The step set in a.step_*, units j0 .. j0 + width: their four gates'
-    recurrent products and the gate loop."""
-    cdef Py_ssize_t N = a.batch, H = a.hidden_size, G4 = 4 * H
+    recurrent products and the gate loop, for the a.running rows that run it."""
+    cdef Py_ssize_t N = a.running, H = a.hidden_size, G4 = 4 * H
     cdef Py_ssize_t j0 = task * a.unit_piece
     cdef Py_ssize_t width = min(a.unit_piece, H - j0)
     cdef Py_ssize_t ldg = a.ld_gates
@@ -362,30 +429,30 @@ cdef void _forward_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
     cdef floating *cells = <floating *> a.cells
     cdef floating *tanh_cells = <floating *> a.tanh_cells
     cdef floating *h_prevs = <floating *> a.h_prevs
-    if _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
+    if _by_row(a.lengths, N, 0, T):         # each row's valid steps only
+        _project_valid(a, 0, T, gates, TG, G4)
+    elif _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
         _project(a, xs, _step_ld(N, T, D, a.xs_seq_stride, a.xs_step_stride), N * T, gates)
     else:
         for n in range(N):
             _project(a, xs + n * a.xs_seq_stride, a.xs_step_stride, T, gates + n * TG)
     for t in range(T):
+        a.running = _running(a.lengths, a.running, t)   # the batch is sorted longest first
+        if a.running == 0:
+            break
         _run_step(a, gates + t * G4, TG,
                   hs + (t - 1) * H if t > 0 else h0, TH if t > 0 else H,
                   cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
                   hs + t * H, TH, cells + t * H, tanh_cells + t * H, TH)
-    for n in range(N):
-        if h0 != NULL:
-            memcpy(h_prevs + n * TH, h0 + n * H, H * sizeof(floating))
-        else:
-            memset(h_prevs + n * TH, 0, H * sizeof(floating))
-        memcpy(h_prevs + n * TH + H, hs + n * TH, (T - 1) * H * sizeof(floating))
-    _copy_rows(<floating *> a.h_last, H, hs + (T - 1) * H, TH, N, H)
-    _copy_rows(<floating *> a.c_last, H, cells + (T - 1) * H, TH, N, H)
+    _forward_tail(N, T, H, a.lengths, h0, c0, hs, cells, h_prevs,
+                  <floating *> a.h_last, <floating *> a.c_last)
 
 
 cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
     cdef Py_ssize_t N = a.batch, T = a.steps, D = a.input_size, H = a.hidden_size
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, S = a.chunk_steps
     cdef Py_ssize_t t, first, steps
+    cdef Py_ssize_t last = T if a.lengths == NULL else a.lengths[0]   # the longest row
     cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
     cdef const floating *xs = <const floating *> a.xs
     cdef const floating *h0 = <const floating *> a.h0
@@ -396,9 +463,11 @@ cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
     cdef floating *chunk_inputs = <floating *> a.chunk_inputs
     _initial_state(N, H, h0, <const floating *> a.c0, h_last, c_last)
     first = 0
-    while first < T:
-        steps = min(S, T - first)
-        if N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
+    while first < last:
+        steps = min(S, last - first)
+        if _by_row(a.lengths, N, first, steps):   # each row's valid steps, step-major
+            _project_valid(a, first, steps, chunk_gates, G4, N * G4)
+        elif N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
             _project(a, xs + first * step_stride,
                      seq_stride if N > 1 else _step_ld(N, T, D, seq_stride, step_stride),
                      N * steps, chunk_gates)
@@ -408,11 +477,15 @@ cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
                            seq_stride, N, D)
             _project(a, chunk_inputs, D, N * steps, chunk_gates)
         for t in range(first, first + steps):
+            a.running = _running(a.lengths, a.running, t)
             _run_step(a, chunk_gates + (t - first) * N * G4, G4,
                       hs + (t - 1) * H if t > 0 else h0, TH if t > 0 else H,
                       c_last, H, hs + t * H, TH, c_last, <floating *> NULL, H)
         first += steps
-    _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
+    if a.lengths != NULL:
+        _last_valid(N, H, a.lengths, hs, TH, h0, h_last)
+    else:
+        _copy_rows(h_last, H, hs + (T - 1) * H, TH, N, H)
 
 
 cdef int lstm_sequence_forward(
@@ -430,7 +503,7 @@ cdef int lstm_sequence_forward(
     if not lstm_sequence_fits(N, T, D, H, max(xs_seq_stride, xs_step_stride)):
         return -1
     _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL, lengths)
-    if lengths != NULL and not _lengths_fit(lengths, N, T, a.plan.block):
+    if lengths != NULL and not _lengths_fit(lengths, N, T, _task_rows(&a.plan, N)):
         return -1
     if T == 0:
         _initial_state(N, H, h0, c0, h_last, c_last)
@@ -481,7 +554,7 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
         # projects the whole chunk when its (t, n) rows are evenly spaced and at
         # least D apart (overlapping rows, such as sliding windows, are valid
         # input that BLAS cannot take as a leading dimension).
-        if lengths != NULL:                                     # each row's valid steps
+        if _by_row(lengths, N, first, steps):                   # each row's valid steps
             _project_lengths(N, D, G4, xs, seq_stride, step_stride, Wx, lengths,
                              first, steps, chunk_gates, G4, N * G4)
         elif N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
@@ -530,7 +603,7 @@ cdef int lstm_sequence_infer(
             or chunk_steps < 1 or not blas_fits(N * chunk_steps)):
         return -1
     _sequence_args(&a, N, T, D, H, plan, recurrent, recurrent != NULL, lengths)
-    if lengths != NULL and not _lengths_fit(lengths, N, T, a.plan.block):
+    if lengths != NULL and not _lengths_fit(lengths, N, T, _task_rows(&a.plan, N)):
         return -1
     if T == 0:
         _initial_state(N, H, h0, c0, h_last, c_last)
@@ -547,11 +620,23 @@ cdef int lstm_sequence_infer(
     return 0
 
 
+cdef void _zero_padding(Py_ssize_t N, Py_ssize_t T, Py_ssize_t H, const Py_ssize_t *lengths,
+                        floating *dA, floating *dh0, floating *dc_carry) noexcept nogil:
+    """Backward with lengths: dA zero past each row's length (the products run
+    over every step), and no dh or dc carried into a row's last valid step (a
+    row of length 0 keeps zero gradients of h0 and c0)."""
+    cdef Py_ssize_t n, G4 = 4 * H, TG = T * G4
+    memset(dh0, 0, N * H * sizeof(floating))
+    memset(dc_carry, 0, N * H * sizeof(floating))
+    for n in range(N):
+        memset(dA + n * TG + lengths[n] * G4, 0, (T - lengths[n]) * G4 * sizeof(floating))
+
+
 cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
     """The time loop of one block: dA of every step, and dh0 / dc carried back."""
     cdef Py_ssize_t H = a.hidden_size, T = a.steps
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
-    cdef Py_ssize_t first, n, t
+    cdef Py_ssize_t first, t
     cdef Py_ssize_t N = _block_rows(a, task, &first)
     cdef Py_ssize_t rows = N                # rows that run step t
     cdef const Py_ssize_t *lengths = _at_lengths(a, first)
@@ -568,10 +653,7 @@ cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task)
     if lengths != NULL:
         # A row joins the loop at its last valid step with nothing carried in;
         # its dA past that step is zero, for the products over all steps.
-        memset(dh0, 0, N * H * sizeof(floating))
-        memset(dc_carry, 0, N * H * sizeof(floating))
-        for n in range(N):
-            memset(dA + n * TG + lengths[n] * G4, 0, (T - lengths[n]) * G4 * sizeof(floating))
+        _zero_padding(N, T, H, lengths, dA, dh0, dc_carry)
     # dh0 carries dh from step t to step t - 1 (it ends as the gradient of h0),
     # dc_carry likewise for dc.
     for t in range(T - 1, -1, -1):
@@ -604,7 +686,7 @@ cdef void _backward_units(floating *kind, const _SequenceArgs *a,
     """Step a.step of the backward's time loop, units j0 .. j0 + width: their dh
     (from step + 1's dA, or at step -1 the gradient of h0), then their gates'
     dA and dc."""
-    cdef Py_ssize_t N = a.batch, T = a.steps, H = a.hidden_size
+    cdef Py_ssize_t N = a.running, T = a.steps, H = a.hidden_size
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4, t = a.step
     cdef Py_ssize_t j0 = task * a.unit_piece
     cdef Py_ssize_t width = min(a.unit_piece, H - j0)
@@ -697,7 +779,7 @@ cdef int lstm_sequence_backward(
                                               max(dhs_seq_stride, dhs_step_stride))):
         return -1
     _sequence_args(&a, N, T, D, H, plan, dA, False, lengths)
-    if lengths != NULL and not _lengths_fit(lengths, N, T, a.plan.block):
+    if lengths != NULL and not _lengths_fit(lengths, N, T, _task_rows(&a.plan, N)):
         return -1
     if M == 0:
         memset(dWx, 0, D * G4 * sizeof(floating))
@@ -713,9 +795,17 @@ cdef int lstm_sequence_backward(
     a.dA, a.dc_carry, a.dxs, a.dh0 = dA, dc_carry, dxs, dh0
     a.dWx, a.dWh, a.db = dWx, dWh, db
     if a.plan.by_units:
-        # A round per step, the last (step -1) for the gradient of h0.
+        if lengths != NULL:
+            # A row joins at its last valid step with nothing carried in (the
+            # step after it, past its length, has zero dA: its dh is zero).
+            _zero_padding(N, T, H, lengths, dA, dh0, dc_carry)
+        # A round per step, the last (step -1) for the gradient of h0; each on
+        # the rows that run that step (the batch is sorted longest first).
         for t in range(T - 1, -2, -1):
             a.step = t
+            a.running = _running(lengths, N, max(t, 0))
+            if a.running == 0 and t >= 0:
+                continue
             lstmc_parallel(a.plan.threads, _ceil_div(H, a.unit_piece),
                            _backward_units_task, &a)
     else:
