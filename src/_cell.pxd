@@ -155,7 +155,8 @@ cdef int lstm_sequence_infer(
     const Plan *plan,                          # or NULL: the caller's thread, m = 4H
     floating *recurrent,                       # scratch (N, 4H) for recurrent_by_rows, or NULL
     const Py_ssize_t *lengths=*,               # IN  (N,) steps of each row, or NULL: all T
-) noexcept nogil
+    const Py_ssize_t *xs_rows=*,               # IN  (N,) row n is xs's sequence xs_rows[n]
+) noexcept nogil                               #     (in 0 .. N-1), or NULL: sequence n
 
 cdef int lstm_sequence_backward(
     Py_ssize_t N, Py_ssize_t T, Py_ssize_t D, Py_ssize_t H,

@@ -46,6 +46,7 @@ cdef struct _SequenceArgs:
     Py_ssize_t batch, steps, input_size, hidden_size, chunk_steps
     Plan plan
     const Py_ssize_t *lengths           # each row's steps (non-increasing in a block), or NULL
+    const Py_ssize_t *xs_rows           # infer: row n of the batch is xs's row xs_rows[n], or NULL
     const void *xs
     Py_ssize_t xs_seq_stride, xs_step_stride
     const void *dhs
@@ -106,6 +107,25 @@ cdef inline Py_ssize_t _blocks(const Plan *plan, Py_ssize_t N) noexcept nogil:
 # a prefix of the task's rows: each step's products and gate loop run on that
 # prefix, and a finished row costs nothing more.
 
+cdef inline Py_ssize_t _row(const Py_ssize_t *rows, Py_ssize_t n) noexcept nogil:
+    """Row n's row of xs: rows[n], or n without a map."""
+    return n if rows == NULL else rows[n]
+
+
+cdef void _gather_chunk(Py_ssize_t N, Py_ssize_t D, const floating *xs, Py_ssize_t seq_stride,
+                        Py_ssize_t step_stride, const Py_ssize_t *xs_rows,
+                        Py_ssize_t first_step, Py_ssize_t steps,
+                        floating *out) noexcept nogil:
+    """out (steps, N, D) step-major = steps first_step .. of the N rows of xs
+    (xs's row xs_rows[n] for row n when xs_rows is not NULL)."""
+    cdef Py_ssize_t n, t
+    for t in range(steps):
+        for n in range(N):
+            memcpy(out + (t * N + n) * D,
+                   xs + _row(xs_rows, n) * seq_stride + (first_step + t) * step_stride,
+                   D * sizeof(floating))
+
+
 cdef inline Py_ssize_t _task_rows(const Plan *plan, Py_ssize_t N) noexcept nogil:
     """The rows of one row task: the whole batch by units."""
     return N if plan.by_units else plan.block
@@ -161,14 +181,16 @@ cdef void _project_lengths(Py_ssize_t N, Py_ssize_t D, Py_ssize_t G4,
                            const floating *xs, Py_ssize_t seq_stride, Py_ssize_t step_stride,
                            const floating *Wx, const Py_ssize_t *lengths,
                            Py_ssize_t first_step, Py_ssize_t steps,
-                           floating *out, Py_ssize_t row_ld, Py_ssize_t step_ld) noexcept nogil:
+                           floating *out, Py_ssize_t row_ld, Py_ssize_t step_ld,
+                           const Py_ssize_t *xs_rows=NULL) noexcept nogil:
     """out[n, t] = xs[n, t] @ Wx for the valid steps t of first_step ..
-    first_step + steps - 1 of each row n, at out + n * row_ld + (t - first_step) * step_ld."""
+    first_step + steps - 1 of each row n, at out + n * row_ld + (t - first_step) * step_ld
+    (xs's row xs_rows[n] when xs_rows is not NULL)."""
     cdef Py_ssize_t n, t, count
     cdef const floating *x
     for n in range(N):
         count = min(lengths[n], first_step + steps) - first_step
-        x = xs + n * seq_stride + first_step * step_stride
+        x = xs + _row(xs_rows, n) * seq_stride + first_step * step_stride
         if count <= 0:
             break                       # longest first: no later row has steps here
         if step_stride >= D or count == 1:
@@ -349,7 +371,7 @@ cdef void _project_rows_lengths(floating *kind, const _SequenceArgs *a,
     cdef Py_ssize_t n = task
     cdef Py_ssize_t D = a.input_size, G4 = 4 * a.hidden_size
     while n < a.batch:
-        _project_lengths(1, D, G4, <const floating *> a.xs + n * a.xs_seq_stride,
+        _project_lengths(1, D, G4, <const floating *> a.xs + _row(a.xs_rows, n) * a.xs_seq_stride,
                          a.xs_seq_stride, a.xs_step_stride, <const floating *> a.Wx,
                          a.lengths + n, a.first_step, a.rows,
                          <floating *> a.gates + n * a.row_ld, a.row_ld, a.step_ld)
@@ -455,6 +477,9 @@ cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
     cdef Py_ssize_t last = T if a.lengths == NULL else a.lengths[0]   # the longest row
     cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
     cdef const floating *xs = <const floating *> a.xs
+    if N == 1 and a.xs_rows != NULL:        # one row: its own, no map (and no gather)
+        xs += a.xs_rows[0] * seq_stride
+        a.xs_rows = NULL
     cdef const floating *h0 = <const floating *> a.h0
     cdef floating *hs = <floating *> a.hs
     cdef floating *h_last = <floating *> a.h_last
@@ -467,14 +492,14 @@ cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
         steps = min(S, last - first)
         if _by_row(a.lengths, N, first, steps):   # each row's valid steps, step-major
             _project_valid(a, first, steps, chunk_gates, G4, N * G4)
-        elif N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
+        elif a.xs_rows == NULL and (N == 1 or T == 1 or (step_stride == N * seq_stride
+                                                          and seq_stride >= D)):
             _project(a, xs + first * step_stride,
                      seq_stride if N > 1 else _step_ld(N, T, D, seq_stride, step_stride),
                      N * steps, chunk_gates)
         else:
-            for t in range(steps):
-                _copy_rows(chunk_inputs + t * N * D, D, xs + (first + t) * step_stride,
-                           seq_stride, N, D)
+            _gather_chunk(N, D, xs, seq_stride, step_stride, a.xs_rows, first, steps,
+                          chunk_inputs)
             _project(a, chunk_inputs, D, N * steps, chunk_gates)
         for t in range(first, first + steps):
             a.running = _running(a.lengths, a.running, t)
@@ -530,7 +555,14 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
     cdef Py_ssize_t ldx = _step_ld(N, T, D, seq_stride, step_stride)
     cdef const Py_ssize_t *lengths = _at_lengths(a, first_row)
     cdef Py_ssize_t last = T if lengths == NULL else lengths[0]   # the block's longest row
-    cdef const floating *xs = <const floating *> a.xs + first_row * seq_stride
+    # This block's rows of xs: in place, or through the row map (one row: its own).
+    cdef const Py_ssize_t *xs_rows = NULL if a.xs_rows == NULL else a.xs_rows + first_row
+    cdef const floating *xs = <const floating *> a.xs
+    if xs_rows == NULL:
+        xs += first_row * seq_stride
+    elif N == 1:
+        xs += xs_rows[0] * seq_stride
+        xs_rows = NULL
     cdef const floating *Wx = <const floating *> a.Wx
     cdef const floating *Wh = <const floating *> a.Wh
     cdef const floating *b = <const floating *> a.b
@@ -556,14 +588,14 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
         # input that BLAS cannot take as a leading dimension).
         if _by_row(lengths, N, first, steps):                   # each row's valid steps
             _project_lengths(N, D, G4, xs, seq_stride, step_stride, Wx, lengths,
-                             first, steps, chunk_gates, G4, N * G4)
-        elif N == 1 or T == 1 or (step_stride == N * seq_stride and seq_stride >= D):
+                             first, steps, chunk_gates, G4, N * G4, xs_rows)
+        elif xs_rows == NULL and (N == 1 or T == 1 or (step_stride == N * seq_stride
+                                                       and seq_stride >= D)):
             _affine(N * steps, D, G4, xs + first * step_stride,
                     seq_stride if N > 1 else ldx, Wx, 0, chunk_gates, G4)
         else:                                                   # gather them, step-major
-            for t in range(steps):
-                _copy_rows(chunk_inputs + t * N * D, D, xs + (first + t) * step_stride,
-                           seq_stride, N, D)
+            _gather_chunk(N, D, xs, seq_stride, step_stride, xs_rows, first, steps,
+                          chunk_inputs)
             _affine(N * steps, D, G4, chunk_inputs, D, Wx, 0, chunk_gates, G4)
         for t in range(first, first + steps):
             rows = _running(lengths, rows, t)
@@ -595,6 +627,7 @@ cdef int lstm_sequence_infer(
     floating *hs, floating *h_last, floating *c_last,
     floating *chunk_gates, floating *chunk_inputs, Py_ssize_t chunk_steps,
     const Plan *plan, floating *recurrent, const Py_ssize_t *lengths=NULL,
+    const Py_ssize_t *xs_rows=NULL,
 ) noexcept nogil:
     cdef _SequenceArgs a
     if N == 0:
@@ -612,6 +645,7 @@ cdef int lstm_sequence_infer(
     a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
     a.hs, a.h_last, a.c_last = hs, h_last, c_last
     a.chunk_gates, a.chunk_inputs, a.chunk_steps = chunk_gates, chunk_inputs, chunk_steps
+    a.xs_rows = xs_rows
     a.recurrent = recurrent
     if a.plan.by_units:
         _infer_by_units(recurrent, &a)

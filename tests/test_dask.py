@@ -329,7 +329,26 @@ def test_killed_worker_is_retried_and_result_is_right(ldask, client):
     layer = _layer(dtype)
     x = _data(dtype, N=480)
     hs, h = _reference(layer, x)
+    # register_plugin since distributed 2023.9; register_scheduler_plugin before.
+    register = getattr(client, "register_plugin", None) or client.register_scheduler_plugin
+    register(_Recomputes())
+    try:
+        # Now and then (seen about 1 run in 6) the killed worker's blocks are not
+        # recomputed (held elsewhere too by then): the scenario runs again, up to
+        # 3 times, until the scheduler shows the lost work redone.
+        for attempt in range(3):
+            if _kill_a_worker_midway(ldask, client, layer, x, hs, h, last_try=attempt == 2):
+                break
+    finally:
+        unregister = getattr(client, "unregister_scheduler_plugin", None)  # 2023.4+
+        if unregister is not None:
+            unregister(_Recomputes.name)
 
+
+def _kill_a_worker_midway(ldask, client, layer, x, hs, h, last_try):
+    """Compute full and last; SIGKILL a worker holding finished blocks while
+    the gated block holds the job open; open the gate; check. True when the
+    killed worker's blocks were computed again."""
     # 48 blocks of 10 rows. The last one waits for an Event the test sets only
     # after the kill, so the job cannot finish before it, however fast or slow
     # the machine; its task secedes from the worker's thread pool while it
@@ -348,52 +367,44 @@ def test_killed_worker_is_retried_and_result_is_right(ldask, client):
                 rejoin()
         return block
 
-    xs = da.from_array(x, chunks=(10, 9, 16)).map_blocks(gated, dtype=dtype)
+    xs = da.from_array(x, chunks=(10, 9, 16)).map_blocks(gated, dtype=np.float64)
     full, last = ldask.predict(layer, xs), ldask.predict(layer, xs, last_only=True)
-    # register_plugin since distributed 2023.9; register_scheduler_plugin before.
-    register = getattr(client, "register_plugin", None) or client.register_scheduler_plugin
-    register(_Recomputes())
     try:
-        _kill_a_worker_midway(client, gate, full, last, hs, h)
+        before = client.run_on_scheduler(_recomputed)
+        futures = client.compute([full, last])
+
+        # Poll (with a deadline) until a worker holds finished blocks, then kill
+        # that worker's process: its results are lost and must be computed again.
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            held = client.run_on_scheduler(_workers_of_prefix, prefix="lstmc-predict")
+            if held and max(held.values()) >= 3:
+                break
+            assert time.monotonic() < deadline, "no block finished in time"
+            time.sleep(0.01)
+        victim = max(held, key=held.get)
+        pids = client.run(os.getpid)
+        assert not any(f.done() for f in futures), "finished although the gate is closed"
+        os.kill(pids[victim], signal.SIGKILL)
+        gate.set()
+
+        got_full, got_last = (f.result(timeout=TIMEOUT) for f in futures)  # lost work is redone
+        _assert_same_math(got_full, hs, np.float64)
+        _assert_same_math(got_last, h, np.float64)
+        # The victim is gone and its nanny started a fresh worker: two workers again.
+        deadline = time.monotonic() + TIMEOUT
+        while victim in client.scheduler_info()["workers"]:
+            assert time.monotonic() < deadline, "the killed worker is still listed"
+            time.sleep(0.05)
+        client.wait_for_workers(2, timeout=TIMEOUT)
+        # The blocks the victim held (nothing else had read them: the only task
+        # that reads them all waits for the gated block) were computed again.
+        recomputed = client.run_on_scheduler(_recomputed) - before
+        if last_try:
+            assert recomputed >= held[victim]
+        return recomputed >= held[victim]
     finally:
         gate.set()                                # never leave a task waiting
-        unregister = getattr(client, "unregister_scheduler_plugin", None)  # 2023.4+
-        if unregister is not None:
-            unregister(_Recomputes.name)
-
-
-def _kill_a_worker_midway(client, gate, full, last, hs, h):
-    """Compute full and last; SIGKILL a worker holding finished blocks while
-    the gated block holds the job open; open the gate; check."""
-    futures = client.compute([full, last])
-
-    # Poll (with a deadline) until a worker holds finished blocks, then kill
-    # that worker's process: its results are lost and must be computed again.
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        held = client.run_on_scheduler(_workers_of_prefix, prefix="lstmc-predict")
-        if held and max(held.values()) >= 3:
-            break
-        assert time.monotonic() < deadline, "no block finished in time"
-        time.sleep(0.01)
-    victim = max(held, key=held.get)
-    pids = client.run(os.getpid)
-    assert not any(f.done() for f in futures), "finished although the gate is closed"
-    os.kill(pids[victim], signal.SIGKILL)
-    gate.set()
-
-    got_full, got_last = (f.result(timeout=TIMEOUT) for f in futures)  # lost work is redone
-    _assert_same_math(got_full, hs, np.float64)
-    _assert_same_math(got_last, h, np.float64)
-    # The blocks the victim held (nothing else had read them: the only task
-    # that reads them all waits for the gated block) were computed again.
-    assert client.run_on_scheduler(_recomputed) >= held[victim]
-    # The victim is gone and its nanny started a fresh worker: two workers again.
-    deadline = time.monotonic() + TIMEOUT
-    while victim in client.scheduler_info()["workers"]:
-        assert time.monotonic() < deadline, "the killed worker is still listed"
-        time.sleep(0.05)
-    client.wait_for_workers(2, timeout=TIMEOUT)
 
 
 def test_npy_file_is_read_on_the_workers(ldask, client, tmp_path):

@@ -380,3 +380,27 @@ def test_odd_array_likes_run_before_the_lock(rng, name):
     ref = padded_reference(xs, Wx, Wh, b, lengths, h0, c0)
     assert_close(hs, ref[0], np.float64)
     layer.backward(np.ones((N, T, H)))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("N", [3, 5])
+def test_one_row_blocks_read_xs_in_place(rng, dtype, threads, N):
+    """Inference with lengths reads xs in place through the row order; blocks of
+    one row (N=3 at 2 and 3 threads) take their row's own start."""
+    T, D, H = 6, 3, 4
+    layer, params, xs, h0, c0 = make(rng, N, T, D, H, dtype)
+    lengths = rng.integers(0, T + 1, N)
+    lengths[-1] = T
+    strided = np.zeros((N, T, D + 2), dtype)[..., 1:D + 1]     # rows BLAS cannot take whole
+    strided[...] = xs
+    lstmc._work.force_split("rows")
+    try:
+        with lstmc.threads(threads):
+            for x in (xs, strided):
+                hs = layer.forward(x, lengths=lengths, h0=h0, train=False)
+                ref_hs, ref_h, ref_c = padded_reference(xs, *params, lengths, h0)
+                assert_close(hs, ref_hs, dtype)
+                assert_close(layer.h, ref_h, dtype)
+                assert_close(layer.c, ref_c, dtype)
+    finally:
+        lstmc._work.force_split(None)
