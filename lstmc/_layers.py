@@ -148,9 +148,9 @@ class TimeLSTM(_Layer):
             only (from its last valid step back to 0 when `reverse`); hs[i, t] is 0
             for t >= lengths[i], and `h[i]`, `c[i]` are row i's state after its
             last valid step (its initial state for a length of 0). Rows that have
-            finished drop out of the per-step products (the call works on a copy of
-            xs and hs sorted by length, as does any call of a reverse layer). None:
-            every row runs T steps.
+            finished drop out of the per-step products (hs is computed in the rows'
+            order by length, then put back; training and reverse calls copy xs so
+            too). None: every row runs T steps.
         h0, c0: (N, H) initial state of this call (None: zeros); either one given
             replaces the held state of a stateful layer.
         train=False keeps nothing for backward: beyond hs, its working memory is
