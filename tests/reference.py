@@ -24,7 +24,7 @@ __all__ = [
     "sigmoid", "cell_forward", "cell_backward", "time_forward",
     "time_backward", "RefTimeLSTM", "numerical_gradient", "assert_grad_close",
     "assert_close", "tolerances", "random_weights", "with_layout", "LAYOUTS",
-    "check_dtype_message", "check_shape_message", "Snapshot",
+    "check_dtype_message", "check_shape_message", "Snapshot", "rewrite_archive", "rewrite_member",
 ]
 
 
@@ -261,6 +261,36 @@ def _assert_same(before_obj, before_copy, now_obj, what):
         for k, o in before_obj.items():
             if isinstance(o, (np.ndarray, list, tuple, dict)):
                 _assert_same(o, before_copy[k], now_obj[k], f"{what}[{k!r}]")
+
+
+def rewrite_archive(path, **changes):
+    """Rewrite the .npz at path with some members replaced (None: removed)."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = dict(npz)
+    for key, value in changes.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
+
+
+def rewrite_member(path, key, write):
+    """Rewrite the .npz at path with member `key` written by write(fh) instead
+    of its array (every other member as it was): a damaged file for a test."""
+    import zipfile
+
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = dict(npz)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, value in arrays.items():
+            with zf.open(name + ".npy", "w") as fh:
+                if name == key:
+                    write(fh)
+                else:
+                    np.lib.format.write_array(fh, value)
 
 
 class Snapshot:

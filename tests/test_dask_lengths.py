@@ -10,8 +10,6 @@ Blockwise results are compared with the whole-batch forward at the contract's
 tolerance (reference.assert_close), as in test_dask.py: BLAS may round a block
 of 13 rows differently from 60.
 """
-import io
-import pickle
 import warnings
 
 import numpy as np
@@ -20,6 +18,7 @@ import pytest
 import lstmc
 from optional import require
 from reference import assert_close, random_weights
+from test_dask import _CountingPickler, _optimized_graph  # the graph checks of test_dask
 
 DASK_EXTRA = "lstmc[dask]"
 TIMEOUT = 60
@@ -244,30 +243,6 @@ def test_against_torch_pack_padded_sequence(ldask, da, dtype, num_layers, bidire
 
 
 # ---------------------------------------------------------------- the graph
-
-class _CountingPickler(pickle.Pickler):
-    """Counts every reference to an array equal to one of `targets`."""
-
-    def __init__(self, targets, counts):
-        super().__init__(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
-        self.targets, self.counts = targets, counts
-
-    def persistent_id(self, obj):
-        if isinstance(obj, np.ndarray):
-            for k, t in enumerate(self.targets):
-                if obj.shape == t.shape and obj.dtype == t.dtype and np.array_equal(obj, t):
-                    self.counts[k] += 1
-        return None
-
-
-def _optimized_graph(arr):
-    import dask
-    if hasattr(arr, "expr"):
-        arr = arr.optimize()
-    else:
-        (arr,) = dask.optimize(arr)
-    return dict(arr.__dask_graph__())
-
 
 @pytest.mark.parametrize("last_only", [False, True])
 def test_stack_weights_are_in_the_graph_once(ldask, da, last_only):

@@ -5,7 +5,6 @@ single layers (as written before stacks existed) still loading."""
 
 import io
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import lstmc
 from lstmc import _io
-from reference import random_weights
+from reference import random_weights, rewrite_archive, rewrite_member
 
 DTYPES = [np.float32, np.float64]
 D, H = 3, 4
@@ -57,20 +56,6 @@ def saved(tmp_path):
     """Path of a file written by save(): a float64 2-layer bidirectional stack."""
     path = tmp_path / "stack.npz"
     _io.save(path, _stack())
-    return path
-
-
-def _rewrite(path, **changes):
-    """Rewrite the archive at ``path`` with some members replaced (None: removed)."""
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = dict(npz)
-    for key, value in changes.items():
-        if value is None:
-            del arrays[key]
-        else:
-            arrays[key] = value
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
     return path
 
 
@@ -291,7 +276,7 @@ BAD = [
 
 @pytest.mark.parametrize("changes, pattern", BAD, ids=[p for _, p in BAD])
 def test_stack_file_with_bad_contents(saved, changes, pattern):
-    _rewrite(saved, **changes)
+    rewrite_archive(saved, **changes)
     before = saved.read_bytes()
     with pytest.raises(ValueError, match=pattern) as info:
         _io.load(saved)
@@ -300,33 +285,19 @@ def test_stack_file_with_bad_contents(saved, changes, pattern):
 
 
 def test_stack_member_that_is_not_an_array(saved):
-    with np.load(saved, allow_pickle=False) as npz:
-        arrays = dict(npz)
-    with zipfile.ZipFile(saved, "w") as zf:
-        for key, value in arrays.items():
-            with zf.open(key + ".npy", "w") as fh:
-                if key == "Wx_l1_reverse":
-                    fh.write(b"not an array at all")
-                else:
-                    np.lib.format.write_array(fh, value)
+    rewrite_member(saved, "Wx_l1_reverse", lambda fh: fh.write(b"not an array at all"))
     with pytest.raises(ValueError, match="'Wx_l1_reverse' is not a NumPy array"):
         _io.load(saved)
 
 
 def test_stack_member_with_a_lying_header(saved):
     # A member whose .npy header claims a huge array: refused before allocation.
-    with np.load(saved, allow_pickle=False) as npz:
-        arrays = dict(npz)
-    with zipfile.ZipFile(saved, "w") as zf:
-        for key, value in arrays.items():
-            with zf.open(key + ".npy", "w") as fh:
-                if key == "Wh_l1":
-                    header = {"descr": "<f8", "fortran_order": False,
-                              "shape": (2**20, 2**20)}
-                    np.lib.format.write_array_header_1_0(fh, header)
-                    fh.write(b"\0" * 64)
-                else:
-                    np.lib.format.write_array(fh, value)
+    def lying(fh):
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": (2**20, 2**20)})
+        fh.write(b"\0" * 64)
+
+    rewrite_member(saved, "Wh_l1", lying)
     with pytest.raises(ValueError, match=r"cannot read 'Wh_l1'.*header claims"):
         _io.load(saved)
 
@@ -335,7 +306,7 @@ def test_big_endian_stack_weights_load_as_native(saved):
     with np.load(saved, allow_pickle=False) as npz:
         swapped = {k: npz[k].astype(npz[k].dtype.newbyteorder(">"))
                    for k in npz.files if k.startswith(("Wx_", "Wh_", "b_"))}
-    _rewrite(saved, **swapped)
+    rewrite_archive(saved, **swapped)
     loaded = _io.load(saved)
     got = dict(zip(_keys(2, True)[5:], _flat(loaded.weights())))
     assert len(got) == len(swapped) == 12

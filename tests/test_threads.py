@@ -693,15 +693,20 @@ def test_time_repeats_bit_identical_at_two_threads(restore_pool, dtype):
     N, T, D, H = 32, 20, 64, 128
     _sizes_split(N, T, D, H, dtype)
     W, xs, dhs = _time_data(20, N, T, D, H, dtype)
-    layer = lstmc.TimeLSTM(*W)
-    first = _time_results(layer, xs, dhs)
+    _assert_repeats_identical(lstmc.TimeLSTM, W, lambda l: _time_results(l, xs, dhs), dtype)
     assert _work.pool()["workers"] >= 1, _work.pool()
+
+
+def _assert_repeats_identical(layer_class, W, run, dtype):
+    """run(layer) repeated on a layer of W, on a fresh layer of copies of W, and
+    while another thread's calls hold the pool: bit-identical to its first result."""
+    layer = layer_class(*W)
+    first = run(layer)
     for k in range(2):
-        _assert_identical(_time_results(layer, xs, dhs), first, f"repeat {k}")
-    _assert_identical(_time_results(lstmc.TimeLSTM(*[w.copy() for w in W]), xs, dhs), first,
-                      "fresh layer")
+        _assert_identical(run(layer), first, f"repeat {k}")
+    _assert_identical(run(layer_class(*[w.copy() for w in W])), first, "fresh layer")
     with _pool_kept_busy(dtype):
-        busy = [_time_results(layer, xs, dhs) for _ in range(3)]
+        busy = [run(layer) for _ in range(3)]
     for k, got in enumerate(busy):
         _assert_identical(got, first, f"pool busy {k}")
 
@@ -716,16 +721,7 @@ def test_cell_repeats_bit_identical_at_two_threads(restore_pool, dtype, size):
     _work.force_split("rows")            # split whatever the size
     N, D, H = size
     W, fwd, bwd = _cell_data(21, N, D, H, dtype)
-    layer = lstmc.LSTM(*W)
-    first = _cell_results(layer, fwd, bwd)
-    for k in range(2):
-        _assert_identical(_cell_results(layer, fwd, bwd), first, f"repeat {k}")
-    _assert_identical(_cell_results(lstmc.LSTM(*[w.copy() for w in W]), fwd, bwd), first,
-                      "fresh layer")
-    with _pool_kept_busy(dtype):
-        busy = [_cell_results(layer, fwd, bwd) for _ in range(3)]
-    for k, got in enumerate(busy):
-        _assert_identical(got, first, f"pool busy {k}")
+    _assert_repeats_identical(lstmc.LSTM, W, lambda l: _cell_results(l, fwd, bwd), dtype)
 
 
 # --------------------------------------------------------------------------
