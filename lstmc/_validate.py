@@ -181,7 +181,8 @@ def held_state(layer, N):
 
 
 def lengths(value, N, T):
-    """lengths (N,) of integers in 0 .. T, as a new C-contiguous intp array."""
+    """lengths (N,) of integers in 0 .. T, as a new C-contiguous intp array (a
+    copy of the caller's: another thread cannot change it after this check)."""
     a = to_ndarray(value, "lengths")
     if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
         raise TypeError(f"lengths has dtype {a.dtype}; expected integers")

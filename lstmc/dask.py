@@ -112,10 +112,7 @@ def _forward_block(xs, weights, lengths=None, *, last_only, stacked):
         return np.ascontiguousarray(top.transpose(1, 0, 2)).reshape(
             len(xs), dirs * model.hidden_size)
     model = TimeLSTM(*weights)
-    if lengths is None:     # the call of a release without lengths, bit for bit
-        hs = model.forward(xs, train=False)
-    else:
-        hs = model.forward(xs, lengths=lengths, train=False)
+    hs = model.forward(xs, lengths=lengths, train=False)
     return model.h if last_only else hs
 
 
