@@ -136,7 +136,7 @@ cdef int lstm_sequence_forward(
     floating *tanh_cells,                      # (N, T, H)  tanh(c) of every step
     floating *h_prevs,                         # (N, T, H)  h before every step: h0, hs[:, :-1]
     const Plan *plan,                          # or NULL: the caller's thread, m = 4H
-    floating *recurrent,                       # scratch (N, 4H) for recurrent_by_rows, or NULL
+    floating *recurrent,                       # scratch 4H*(H+N) for recurrent_by_rows, or NULL
     const Py_ssize_t *lengths=*,               # IN  (N,) steps of each row, or NULL: all T
 ) noexcept nogil
 
@@ -153,7 +153,7 @@ cdef int lstm_sequence_infer(
     floating *chunk_inputs,                    # scratch (chunk_steps * N, D); NULL if N == 1
     Py_ssize_t chunk_steps,                    # >= 1
     const Plan *plan,                          # or NULL: the caller's thread, m = 4H
-    floating *recurrent,                       # scratch (N, 4H) for recurrent_by_rows, or NULL
+    floating *recurrent,                       # scratch 4H*(H+N) for recurrent_by_rows, or NULL
     const Py_ssize_t *lengths=*,               # IN  (N,) steps of each row, or NULL: all T
     const Py_ssize_t *xs_rows=*,               # IN  (N,) row n is xs's sequence xs_rows[n]
 ) noexcept nogil                               #     (in 0 .. N-1), or NULL: sequence n
@@ -189,7 +189,9 @@ cdef int lstm_sequence_backward(
 
 
 # gates (N, 4H, ldg) += h_prev (N, H, ldh) @ Wh, one step's recurrent product as
-# the plan orients it (recurrent: scratch (4H, N) when by_rows).
+# the plan orients it (by_rows: recurrent is scratch (4H, N) and Wh_t is Wh.T,
+# C-contiguous (4H, H)).
 cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
                          const floating *h_prev, Py_ssize_t ldh, const floating *Wh,
-                         floating *gates, Py_ssize_t ldg, floating *recurrent) noexcept nogil
+                         floating *gates, Py_ssize_t ldg, floating *recurrent,
+                         const floating *Wh_t=*) noexcept nogil

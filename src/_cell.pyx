@@ -29,7 +29,7 @@ from libc.string cimport memcpy, memset
 from _blas cimport blas_fits, gemm, gemv_t, gemv_n
 from scipy.linalg.cython_blas cimport sgemm
 from _gates cimport (gates_forward, gates_backward, gates_forward_units, gates_backward_units,
-                     column_sums, outer, add_transposed)
+                     column_sums, outer, add_transposed, transpose)
 from libc.stddef cimport ptrdiff_t
 
 cdef extern from "_pool.h" nogil:

@@ -340,4 +340,23 @@ LSTMC_CLONES static void NAME(ptrdiff_t N, ptrdiff_t M, const T *restrict R,    
 LSTMC_ADD_T(lstmc_add_transposed_f, float)
 LSTMC_ADD_T(lstmc_add_transposed_d, double)
 
+/* OUT D (M, N, ldd) = S.T, S (N, M, lds): in 16 x 16 tiles, so that both sides
+ * are read and written in runs. */
+#define LSTMC_TRANSPOSE(NAME, T)                                                      \
+LSTMC_CLONES static void NAME(ptrdiff_t N, ptrdiff_t M, const T *restrict S,          \
+                              ptrdiff_t lds, T *restrict D, ptrdiff_t ldd)            \
+{                                                                                     \
+    for (ptrdiff_t n0 = 0; n0 < N; n0 += 16) {                                        \
+        ptrdiff_t n1 = n0 + 16 < N ? n0 + 16 : N;                                     \
+        for (ptrdiff_t m0 = 0; m0 < M; m0 += 16) {                                    \
+            ptrdiff_t m1 = m0 + 16 < M ? m0 + 16 : M;                                 \
+            for (ptrdiff_t m = m0; m < m1; m++)                                       \
+                for (ptrdiff_t n = n0; n < n1; n++) D[m * ldd + n] = S[n * lds + m];  \
+        }                                                                             \
+    }                                                                                 \
+}
+
+LSTMC_TRANSPOSE(lstmc_transpose_f, float)
+LSTMC_TRANSPOSE(lstmc_transpose_d, double)
+
 #endif /* LSTMC_GATES_H */
