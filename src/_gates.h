@@ -320,20 +320,100 @@ LSTMC_OUTER(lstmc_outer_f, float)
 LSTMC_OUTER(lstmc_outer_d, double)
 
 /* IN/OUT G (N, M, ldg) += R.T, R (M, N, ldr): the recurrent product when BLAS
- * wrote it gate-major. Eight rows of G at a time, so that R is read in runs. */
+ * wrote it gate-major. Square tiles (8 x 8 floats, 4 x 4 doubles) are
+ * transposed in registers, so that R is read and G written in whole vectors;
+ * the edges element by element. */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define LSTMC_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#elif defined(__GNUC__)
+#define LSTMC_SHUFFLE_F(a, b, ...) __builtin_shuffle(a, b, (lstmc_v8i) {__VA_ARGS__})
+#define LSTMC_SHUFFLE_D(a, b, ...) __builtin_shuffle(a, b, (lstmc_v4l) {__VA_ARGS__})
+#endif
+
+#if defined(LSTMC_SHUFFLE) || defined(LSTMC_SHUFFLE_F)
+#define LSTMC_TILES 1
+typedef float lstmc_v8f __attribute__((vector_size(32)));
+typedef double lstmc_v4d __attribute__((vector_size(32)));
+typedef int32_t lstmc_v8i __attribute__((vector_size(32)));
+typedef int64_t lstmc_v4l __attribute__((vector_size(32)));
+#ifdef LSTMC_SHUFFLE
+#define LSTMC_SHUFFLE_F LSTMC_SHUFFLE
+#define LSTMC_SHUFFLE_D LSTMC_SHUFFLE
+#endif
+
+/* G rows 0..7 (ldg), columns 0..7 += R rows 0..7 (ldr), columns 0..7, transposed. */
+LSTMC_INLINE void lstmc_add_tile_f(const float *R, ptrdiff_t ldr, float *G, ptrdiff_t ldg)
+{
+    lstmc_v8f r[8], t[8], u[8];
+    for (int k = 0; k < 8; k++) memcpy(&r[k], R + k * ldr, sizeof r[k]);
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = LSTMC_SHUFFLE_F(r[k], r[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[k + 1] = LSTMC_SHUFFLE_F(r[k], r[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = LSTMC_SHUFFLE_F(t[k], t[k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[k + 1] = LSTMC_SHUFFLE_F(t[k], t[k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[k + 2] = LSTMC_SHUFFLE_F(t[k + 1], t[k + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[k + 3] = LSTMC_SHUFFLE_F(t[k + 1], t[k + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int k = 0; k < 4; k++) {
+        lstmc_v8f lo = LSTMC_SHUFFLE_F(u[k], u[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        lstmc_v8f hi = LSTMC_SHUFFLE_F(u[k], u[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        lstmc_v8f g;
+        memcpy(&g, G + k * ldg, sizeof g);
+        g += lo;
+        memcpy(G + k * ldg, &g, sizeof g);
+        memcpy(&g, G + (k + 4) * ldg, sizeof g);
+        g += hi;
+        memcpy(G + (k + 4) * ldg, &g, sizeof g);
+    }
+}
+
+LSTMC_INLINE void lstmc_add_tile_d(const double *R, ptrdiff_t ldr, double *G, ptrdiff_t ldg)
+{
+    lstmc_v4d r[4], t[4];
+    for (int k = 0; k < 4; k++) memcpy(&r[k], R + k * ldr, sizeof r[k]);
+    t[0] = LSTMC_SHUFFLE_D(r[0], r[1], 0, 4, 2, 6);
+    t[1] = LSTMC_SHUFFLE_D(r[0], r[1], 1, 5, 3, 7);
+    t[2] = LSTMC_SHUFFLE_D(r[2], r[3], 0, 4, 2, 6);
+    t[3] = LSTMC_SHUFFLE_D(r[2], r[3], 1, 5, 3, 7);
+    lstmc_v4d o[4];
+    o[0] = LSTMC_SHUFFLE_D(t[0], t[2], 0, 1, 4, 5);
+    o[1] = LSTMC_SHUFFLE_D(t[1], t[3], 0, 1, 4, 5);
+    o[2] = LSTMC_SHUFFLE_D(t[0], t[2], 2, 3, 6, 7);
+    o[3] = LSTMC_SHUFFLE_D(t[1], t[3], 2, 3, 6, 7);
+    for (int k = 0; k < 4; k++) {
+        lstmc_v4d g;
+        memcpy(&g, G + k * ldg, sizeof g);
+        g += o[k];
+        memcpy(G + k * ldg, &g, sizeof g);
+    }
+}
+#define LSTMC_ADD_TILE_float(R, ldr, G, ldg) lstmc_add_tile_f(R, ldr, G, ldg)
+#define LSTMC_ADD_TILE_double(R, ldr, G, ldg) lstmc_add_tile_d(R, ldr, G, ldg)
+#define LSTMC_TILE_float 8
+#define LSTMC_TILE_double 4
+#else
+#define LSTMC_TILE_float 0
+#define LSTMC_TILE_double 0
+#define LSTMC_ADD_TILE_float(R, ldr, G, ldg) ((void) 0)
+#define LSTMC_ADD_TILE_double(R, ldr, G, ldg) ((void) 0)
+#endif
+
 #define LSTMC_ADD_T(NAME, T)                                                          \
 LSTMC_CLONES static void NAME(ptrdiff_t N, ptrdiff_t M, const T *restrict R,          \
                               ptrdiff_t ldr, T *restrict G, ptrdiff_t ldg)            \
 {                                                                                     \
-    ptrdiff_t n0 = 0;                                                                 \
-    for (; n0 + 8 <= N; n0 += 8) {                                                    \
-        for (ptrdiff_t j = 0; j < M; j++) {                                           \
-            const T *r = R + j * ldr + n0;                                            \
-            T *g = G + n0 * ldg + j;                                                  \
-            for (ptrdiff_t k = 0; k < 8; k++) g[k * ldg] += r[k];                     \
-        }                                                                             \
+    const ptrdiff_t K = LSTMC_TILE_##T;                                               \
+    ptrdiff_t n0 = 0, j0 = 0;                                                         \
+    if (K > 0) {                                                                      \
+        for (; n0 + K <= N; n0 += K)                                                  \
+            for (j0 = 0; j0 + K <= M; j0 += K)                                        \
+                LSTMC_ADD_TILE_##T(R + j0 * ldr + n0, ldr, G + n0 * ldg + j0, ldg);   \
+        for (ptrdiff_t n = 0; n < n0; n++)       /* the last columns of those rows */ \
+            for (ptrdiff_t j = j0; j < M; j++) G[n * ldg + j] += R[j * ldr + n];      \
     }                                                                                 \
-    for (ptrdiff_t n = n0; n < N; n++)                                                \
+    for (ptrdiff_t n = n0; n < N; n++)                          /* the last rows */   \
         for (ptrdiff_t j = 0; j < M; j++) G[n * ldg + j] += R[j * ldr + n];           \
 }
 
