@@ -33,7 +33,9 @@ cdef struct Plan:
     bint recurrent_by_rows      # the recurrent product issued with BLAS's m = rows
                                 # (gate-major, added in by a loop), else m = 4H
     bint by_units               # the batch whole, each step a round of tasks over
-                                # slices of the H units (block and orientation unused)
+                                # slices of the H units (block unused)
+    bint backward_by_rows       # the backward's dh = dA_t @ Wh.T issued with BLAS's
+                                # m = rows (gate-major, transposed into place)
 
 
 # lstmc's threads (_pool.h). Every numeric call runs between lstm_call_begin,
@@ -173,6 +175,7 @@ cdef int lstm_sequence_backward(
     floating *dWx, floating *dWh, floating *db,  # OUT overwritten: sums over all steps
     const Plan *plan,                          # or NULL: the caller's thread
     const Py_ssize_t *lengths=*,               # IN  (N,) the forward's lengths, or NULL
+    floating *dh_scratch=*,                    # scratch (N, H) for backward_by_rows, or NULL
 ) noexcept nogil
 # No OUT or scratch array may overlap another array of the same call. After the
 # call dc_carry holds the gradient of c0.
@@ -195,3 +198,11 @@ cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
                          const floating *h_prev, Py_ssize_t ldh, const floating *Wh,
                          floating *gates, Py_ssize_t ldg, floating *recurrent,
                          const floating *Wh_t=*) noexcept nogil
+
+# dh (N, units, lddh) := dA (N, 4H, ldda) @ Wh.T for `units` rows of Wh (Wh at
+# the first), the backward's product as the plan orients it (by_rows: scratch
+# (units, N)).
+cdef void lstm_recurrent_backward(Py_ssize_t N, Py_ssize_t H, Py_ssize_t units, bint by_rows,
+                                  const floating *dA, Py_ssize_t ldda, const floating *Wh,
+                                  floating *dh, Py_ssize_t lddh,
+                                  floating *scratch) noexcept nogil

@@ -69,6 +69,7 @@ cdef struct _SequenceArgs:
     void *chunk_inputs
     void *dA
     void *dc_carry
+    void *dh_scratch                    # backward_by_rows: (N, H), gate-major per task
     void *dxs
     void *dh0
     void *dWx
@@ -254,7 +255,7 @@ cdef void _transpose_slice(floating *kind, const _SequenceArgs *a, ptrdiff_t tas
         w = _slice_width(a, s0)
         j = min(j1, s0 + w)
         for g in range(4):
-            transpose(H, j - j0, <const floating *> a.Wh + g * H + j0, G4,
+            transpose(j - j0, H, <const floating *> a.Wh + g * H + j0, G4,
                       <floating *> a.weights_t + (4 * s0 + g * w + j0 - s0) * H, H)
         j0 = j
 
@@ -715,6 +716,22 @@ cdef int lstm_sequence_infer(
     return 0
 
 
+cdef void lstm_recurrent_backward(Py_ssize_t N, Py_ssize_t H, Py_ssize_t units, bint by_rows,
+                                  const floating *dA, Py_ssize_t ldda, const floating *Wh,
+                                  floating *dh, Py_ssize_t lddh,
+                                  floating *scratch) noexcept nogil:
+    cdef Py_ssize_t G4 = 4 * H
+    if N == 1:
+        gemv_n(units, G4, 1, Wh, G4, dA, 0, dh)
+    elif by_rows:
+        # BLAS's m is the batch, dA read transposed, Wh as it is: the sum runs
+        # along Wh's rows, as BLAS packs fastest. Gate-major, then put in place.
+        gemm(c'n', c't', units, N, G4, 1, Wh, G4, dA, ldda, 0, scratch, N)
+        transpose(N, units, scratch, N, dh, lddh)
+    else:
+        gemm(c'n', c't', N, units, G4, 1, dA, ldda, Wh, G4, 0, dh, lddh)
+
+
 cdef void _zero_padding(Py_ssize_t N, Py_ssize_t T, Py_ssize_t H, const Py_ssize_t *lengths,
                         floating *dA, floating *dh0, floating *dc_carry) noexcept nogil:
     """Backward with lengths: dA zero past each row's length (the products run
@@ -744,6 +761,7 @@ cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task)
     cdef floating *dA = _at_out(a.dA, first * TG, kind)
     cdef floating *dc_carry = _at_out(a.dc_carry, first * H, kind)
     cdef floating *dh0 = _at_out(a.dh0, first * H, kind)
+    cdef floating *scratch = _at_out(a.dh_scratch, first * H, kind)
     cdef bint carried
     if lengths != NULL:
         # A row joins the loop at its last valid step with nothing carried in;
@@ -763,10 +781,8 @@ cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task)
                        gates + t * G4, TG,
                        cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
                        tanh_cells + t * H, TH, dA + t * G4, TG, dc_carry, H)
-        if rows == 1:
-            gemv_n(H, G4, 1, Wh, G4, dA + t * G4, 0, dh0)                 # dh = dA_t @ Wh.T
-        else:
-            gemm(c'n', c't', rows, H, G4, 1, dA + t * G4, TG, Wh, G4, 0, dh0, H)  # dh = dA_t @ Wh.T
+        lstm_recurrent_backward(rows, H, H, a.plan.backward_by_rows, dA + t * G4, TG,  # dh =
+                                Wh, dh0, H, scratch)                         # dA_t @ Wh.T
 
 
 cdef void _backward_rows_task(void *args, ptrdiff_t task) noexcept nogil:
@@ -790,11 +806,8 @@ cdef void _backward_units(floating *kind, const _SequenceArgs *a,
     cdef floating *dh0 = <floating *> a.dh0 + j0
     cdef floating *dc_carry = <floating *> a.dc_carry + j0
     if t < T - 1:                       # dh = dA_{t+1} @ Wh.T, columns j0 .. of it
-        if N == 1:
-            gemv_n(width, G4, 1, Wh + j0 * G4, G4, dA + (t + 1) * G4, 0, dh0)
-        else:
-            gemm(c'n', c't', N, width, G4, 1, dA + (t + 1) * G4, TG, Wh + j0 * G4, G4, 0,
-                 dh0, H)
+        lstm_recurrent_backward(N, H, width, a.plan.backward_by_rows, dA + (t + 1) * G4, TG,
+                                Wh + j0 * G4, dh0, H, _at_out(a.dh_scratch, j0 * N, kind))
     if t < 0:
         return
     gates_backward_units(N, width, H,
@@ -865,7 +878,7 @@ cdef int lstm_sequence_backward(
     floating *dA, floating *dc_carry,
     floating *dxs, floating *dh0,
     floating *dWx, floating *dWh, floating *db,
-    const Plan *plan, const Py_ssize_t *lengths=NULL,
+    const Plan *plan, const Py_ssize_t *lengths=NULL, floating *dh_scratch=NULL,
 ) noexcept nogil:
     cdef Py_ssize_t G4 = 4 * H, M = N * T
     cdef Py_ssize_t parts, t
@@ -888,6 +901,8 @@ cdef int lstm_sequence_backward(
     a.Wx, a.Wh, a.c0 = Wx, Wh, c0
     a.gates, a.cells, a.tanh_cells, a.h_prevs = gates, cells, tanh_cells, h_prevs
     a.dA, a.dc_carry, a.dxs, a.dh0 = dA, dc_carry, dxs, dh0
+    a.dh_scratch = dh_scratch
+    a.plan.backward_by_rows = a.plan.backward_by_rows and dh_scratch != NULL
     a.dWx, a.dWh, a.db = dWx, dWh, db
     if a.plan.by_units:
         if lengths != NULL:

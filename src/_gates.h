@@ -341,8 +341,9 @@ typedef int64_t lstmc_v4l __attribute__((vector_size(32)));
 #define LSTMC_SHUFFLE_D LSTMC_SHUFFLE
 #endif
 
-/* G rows 0..7 (ldg), columns 0..7 += R rows 0..7 (ldr), columns 0..7, transposed. */
-LSTMC_INLINE void lstmc_add_tile_f(const float *R, ptrdiff_t ldr, float *G, ptrdiff_t ldg)
+/* G rows 0..7 (ldg), columns 0..7 += (add) or = R rows 0..7 (ldr), columns
+ * 0..7, transposed. */
+LSTMC_INLINE void lstmc_tile_f(const float *R, ptrdiff_t ldr, float *G, ptrdiff_t ldg, int add)
 {
     lstmc_v8f r[8], t[8], u[8];
     for (int k = 0; k < 8; k++) memcpy(&r[k], R + k * ldr, sizeof r[k]);
@@ -360,16 +361,19 @@ LSTMC_INLINE void lstmc_add_tile_f(const float *R, ptrdiff_t ldr, float *G, ptrd
         lstmc_v8f lo = LSTMC_SHUFFLE_F(u[k], u[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
         lstmc_v8f hi = LSTMC_SHUFFLE_F(u[k], u[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
         lstmc_v8f g;
-        memcpy(&g, G + k * ldg, sizeof g);
-        g += lo;
-        memcpy(G + k * ldg, &g, sizeof g);
-        memcpy(&g, G + (k + 4) * ldg, sizeof g);
-        g += hi;
-        memcpy(G + (k + 4) * ldg, &g, sizeof g);
+        if (add) {
+            memcpy(&g, G + k * ldg, sizeof g);
+            lo += g;
+            memcpy(&g, G + (k + 4) * ldg, sizeof g);
+            hi += g;
+        }
+        memcpy(G + k * ldg, &lo, sizeof lo);
+        memcpy(G + (k + 4) * ldg, &hi, sizeof hi);
     }
 }
 
-LSTMC_INLINE void lstmc_add_tile_d(const double *R, ptrdiff_t ldr, double *G, ptrdiff_t ldg)
+LSTMC_INLINE void lstmc_tile_d(const double *R, ptrdiff_t ldr, double *G, ptrdiff_t ldg,
+                               int add)
 {
     lstmc_v4d r[4], t[4];
     for (int k = 0; k < 4; k++) memcpy(&r[k], R + k * ldr, sizeof r[k]);
@@ -384,23 +388,26 @@ LSTMC_INLINE void lstmc_add_tile_d(const double *R, ptrdiff_t ldr, double *G, pt
     o[3] = LSTMC_SHUFFLE_D(t[1], t[3], 2, 3, 6, 7);
     for (int k = 0; k < 4; k++) {
         lstmc_v4d g;
-        memcpy(&g, G + k * ldg, sizeof g);
-        g += o[k];
-        memcpy(G + k * ldg, &g, sizeof g);
+        if (add) {
+            memcpy(&g, G + k * ldg, sizeof g);
+            o[k] += g;
+        }
+        memcpy(G + k * ldg, &o[k], sizeof o[k]);
     }
 }
-#define LSTMC_ADD_TILE_float(R, ldr, G, ldg) lstmc_add_tile_f(R, ldr, G, ldg)
-#define LSTMC_ADD_TILE_double(R, ldr, G, ldg) lstmc_add_tile_d(R, ldr, G, ldg)
+#define LSTMC_TILE_FN_float lstmc_tile_f
+#define LSTMC_TILE_FN_double lstmc_tile_d
 #define LSTMC_TILE_float 8
 #define LSTMC_TILE_double 4
 #else
 #define LSTMC_TILE_float 0
 #define LSTMC_TILE_double 0
-#define LSTMC_ADD_TILE_float(R, ldr, G, ldg) ((void) 0)
-#define LSTMC_ADD_TILE_double(R, ldr, G, ldg) ((void) 0)
+#define LSTMC_TILE_FN_float(R, ldr, G, ldg, add) ((void) 0)
+#define LSTMC_TILE_FN_double(R, ldr, G, ldg, add) ((void) 0)
 #endif
 
-#define LSTMC_ADD_T(NAME, T)                                                          \
+/* ADD: G (N, M, ldg) += R.T; else G = R.T. R is (M, N, ldr). */
+#define LSTMC_TRANSPOSED(NAME, T, ADD)                                                \
 LSTMC_CLONES static void NAME(ptrdiff_t N, ptrdiff_t M, const T *restrict R,          \
                               ptrdiff_t ldr, T *restrict G, ptrdiff_t ldg)            \
 {                                                                                     \
@@ -409,34 +416,19 @@ LSTMC_CLONES static void NAME(ptrdiff_t N, ptrdiff_t M, const T *restrict R,    
     if (K > 0) {                                                                      \
         for (; n0 + K <= N; n0 += K)                                                  \
             for (j0 = 0; j0 + K <= M; j0 += K)                                        \
-                LSTMC_ADD_TILE_##T(R + j0 * ldr + n0, ldr, G + n0 * ldg + j0, ldg);   \
+                LSTMC_TILE_FN_##T(R + j0 * ldr + n0, ldr, G + n0 * ldg + j0, ldg, ADD);\
         for (ptrdiff_t n = 0; n < n0; n++)       /* the last columns of those rows */ \
-            for (ptrdiff_t j = j0; j < M; j++) G[n * ldg + j] += R[j * ldr + n];      \
+            for (ptrdiff_t j = j0; j < M; j++)                                        \
+                G[n * ldg + j] = (ADD ? G[n * ldg + j] : 0) + R[j * ldr + n];         \
     }                                                                                 \
     for (ptrdiff_t n = n0; n < N; n++)                          /* the last rows */   \
-        for (ptrdiff_t j = 0; j < M; j++) G[n * ldg + j] += R[j * ldr + n];           \
+        for (ptrdiff_t j = 0; j < M; j++)                                             \
+            G[n * ldg + j] = (ADD ? G[n * ldg + j] : 0) + R[j * ldr + n];             \
 }
 
-LSTMC_ADD_T(lstmc_add_transposed_f, float)
-LSTMC_ADD_T(lstmc_add_transposed_d, double)
-
-/* OUT D (M, N, ldd) = S.T, S (N, M, lds): in 16 x 16 tiles, so that both sides
- * are read and written in runs. */
-#define LSTMC_TRANSPOSE(NAME, T)                                                      \
-LSTMC_CLONES static void NAME(ptrdiff_t N, ptrdiff_t M, const T *restrict S,          \
-                              ptrdiff_t lds, T *restrict D, ptrdiff_t ldd)            \
-{                                                                                     \
-    for (ptrdiff_t n0 = 0; n0 < N; n0 += 16) {                                        \
-        ptrdiff_t n1 = n0 + 16 < N ? n0 + 16 : N;                                     \
-        for (ptrdiff_t m0 = 0; m0 < M; m0 += 16) {                                    \
-            ptrdiff_t m1 = m0 + 16 < M ? m0 + 16 : M;                                 \
-            for (ptrdiff_t m = m0; m < m1; m++)                                       \
-                for (ptrdiff_t n = n0; n < n1; n++) D[m * ldd + n] = S[n * lds + m];  \
-        }                                                                             \
-    }                                                                                 \
-}
-
-LSTMC_TRANSPOSE(lstmc_transpose_f, float)
-LSTMC_TRANSPOSE(lstmc_transpose_d, double)
+LSTMC_TRANSPOSED(lstmc_add_transposed_f, float, 1)
+LSTMC_TRANSPOSED(lstmc_add_transposed_d, double, 1)
+LSTMC_TRANSPOSED(lstmc_transpose_f, float, 0)
+LSTMC_TRANSPOSED(lstmc_transpose_d, double, 0)
 
 #endif /* LSTMC_GATES_H */

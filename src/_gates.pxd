@@ -35,10 +35,10 @@ cdef extern from "_gates.h" nogil:
                                 float *G, Py_ssize_t ldg)
     void lstmc_add_transposed_d(Py_ssize_t N, Py_ssize_t M, const double *R, Py_ssize_t ldr,
                                 double *G, Py_ssize_t ldg)
-    void lstmc_transpose_f(Py_ssize_t N, Py_ssize_t M, const float *S, Py_ssize_t lds,
-                           float *D, Py_ssize_t ldd)
-    void lstmc_transpose_d(Py_ssize_t N, Py_ssize_t M, const double *S, Py_ssize_t lds,
-                           double *D, Py_ssize_t ldd)
+    void lstmc_transpose_f(Py_ssize_t N, Py_ssize_t M, const float *R, Py_ssize_t ldr,
+                           float *G, Py_ssize_t ldg)
+    void lstmc_transpose_d(Py_ssize_t N, Py_ssize_t M, const double *R, Py_ssize_t ldr,
+                           double *G, Py_ssize_t ldg)
 
 
 cdef inline void gates_forward_units(
@@ -121,10 +121,10 @@ cdef inline void add_transposed(Py_ssize_t N, Py_ssize_t M, const floating *R, P
         lstmc_add_transposed_d(N, M, R, ldr, G, ldg)
 
 
-cdef inline void transpose(Py_ssize_t N, Py_ssize_t M, const floating *S, Py_ssize_t lds,
-                           floating *D, Py_ssize_t ldd) noexcept nogil:
-    """D (M, N) := S.T, S (N, M)."""
+cdef inline void transpose(Py_ssize_t N, Py_ssize_t M, const floating *R, Py_ssize_t ldr,
+                           floating *G, Py_ssize_t ldg) noexcept nogil:
+    """G (N, M) := R.T, R (M, N)."""
     if floating is float:
-        lstmc_transpose_f(N, M, S, lds, D, ldd)
+        lstmc_transpose_f(N, M, R, ldr, G, ldg)
     else:
-        lstmc_transpose_d(N, M, S, lds, D, ldd)
+        lstmc_transpose_d(N, M, R, ldr, G, ldg)
