@@ -34,7 +34,10 @@ from libc.stddef cimport ptrdiff_t
 
 cdef extern from "_pool.h" nogil:
     ctypedef void (*lstmc_task_fn)(void *ctx, ptrdiff_t task) noexcept nogil
+    ctypedef void (*lstmc_step_fn)(void *ctx, ptrdiff_t step, ptrdiff_t task) noexcept nogil
     void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void *ctx)
+    void lstmc_parallel_steps(int threads, ptrdiff_t steps, ptrdiff_t per_step,
+                              lstmc_step_fn fn, void *ctx)
     void lstmc_call_begin(int pin)
     void lstmc_call_end(int pin)
     void lstmc_set_threads(int n)

@@ -77,6 +77,7 @@ cdef struct _SequenceArgs:
     void *db
     Py_ssize_t column_piece, row_piece, column_tasks   # the backward's second phase
     Py_ssize_t unit_piece, step                        # plan.by_units: a round per step
+    Py_ssize_t chunk_first                             # by_units, infer: the chunk's first step
     Py_ssize_t running                                 # by_units: the rows that run this step
     Py_ssize_t first_step, row_ld, step_ld             # by_units with lengths: a projection
     Py_ssize_t rows, row_spacing                       # by_units: rows being projected
@@ -389,16 +390,16 @@ cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_
 # slice of Wh on one thread only.
 
 cdef void _project_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
-    """a.gates (a.rows, 4H) = x @ Wx, this task's share of the a.rows input rows
-    at a.xs, a.row_spacing elements apart."""
-    cdef Py_ssize_t D = a.input_size, G4 = 4 * a.hidden_size
-    cdef Py_ssize_t piece = _ceil_div(a.rows, a.plan.threads)
-    cdef Py_ssize_t first = task * piece
-    cdef Py_ssize_t width = min(piece, a.rows - first)
-    cdef Py_ssize_t ld = a.row_spacing
-    if width > 0:
-        _affine(width, D, G4, <const floating *> a.xs + first * ld, ld,
-                <const floating *> a.Wx, 0, <floating *> a.gates + first * G4, G4)
+    """a.gates (a.rows, 4H) = x @ Wx for the a.rows input rows at a.xs,
+    a.row_spacing elements apart: this task's unit slice of the four gates (so
+    that each step's task for the slice reads gates its own thread wrote)."""
+    cdef Py_ssize_t D = a.input_size, H = a.hidden_size, G4 = 4 * H
+    cdef Py_ssize_t j0 = task * a.unit_piece
+    cdef Py_ssize_t width = min(a.unit_piece, H - j0), g
+    for g in range(4):
+        _affine(a.rows, D, width, <const floating *> a.xs, a.row_spacing,
+                <const floating *> a.Wx + g * H + j0, 0, <floating *> a.gates + g * H + j0,
+                G4, G4)
 
 
 cdef void _project_task(void *args, ptrdiff_t task) noexcept nogil:
@@ -413,7 +414,7 @@ cdef void _project(_SequenceArgs *a, const void *xs, Py_ssize_t row_spacing,
     """out (rows, 4H) = the rows of xs (`row_spacing` apart) @ Wx, on plan.threads."""
     cdef _SequenceArgs p = a[0]
     p.xs, p.row_spacing, p.rows, p.gates = xs, row_spacing, rows, out
-    lstmc_parallel(p.plan.threads, p.plan.threads, _project_task, &p)
+    lstmc_parallel(p.plan.threads, _ceil_div(p.hidden_size, p.unit_piece), _project_task, &p)
 
 
 cdef void _project_rows_lengths(floating *kind, const _SequenceArgs *a,
@@ -458,11 +459,14 @@ cdef void _step_units(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
     cdef const floating *h_prev = <const floating *> a.step_h_prev
     cdef const floating *Wh = <const floating *> a.Wh
     cdef floating *r
-    if h_prev != NULL and a.plan.recurrent_by_rows and N > 1:
+    if h_prev != NULL and a.plan.recurrent_by_rows:
         # One product for the slice's four gates, gate-major (the slice's rows of weights_t).
         r = <floating *> a.recurrent + 4 * j0 * N
-        gemm(c'n', c't', 4 * width, N, H, 1, <const floating *> a.weights_t + 4 * j0 * H, H,
-             h_prev, a.ld_h_prev, 0, r, N)
+        if N == 1:
+            gemv_n(4 * width, H, 1, <const floating *> a.weights_t + 4 * j0 * H, H, h_prev, 0, r)
+        else:
+            gemm(c'n', c't', 4 * width, N, H, 1, <const floating *> a.weights_t + 4 * j0 * H, H,
+                 h_prev, a.ld_h_prev, 0, r, N)
         for g in range(4):
             add_transposed(N, width, r + g * width * N, N, gates + g * H + j0, ldg)
     elif h_prev != NULL:
@@ -479,31 +483,71 @@ cdef void _step_units(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
                         _at_out(a.step_tanh_c, j0, kind), a.ld_c_next)
 
 
-cdef void _step_units_task(void *args, ptrdiff_t task) noexcept nogil:
-    if (<_SequenceArgs *> args).double_precision:
-        _step_units(<double *> NULL, <_SequenceArgs *> args, task)
-    else:
-        _step_units(<float *> NULL, <_SequenceArgs *> args, task)
-
-
-cdef void _run_step(_SequenceArgs *a, floating *gates, Py_ssize_t ldg,
-                    const floating *h_prev, Py_ssize_t ldh,
-                    const floating *c_prev, Py_ssize_t ldc,
-                    floating *h_next, Py_ssize_t ldhn,
-                    floating *c_next, floating *tanh_c, Py_ssize_t ldcn) noexcept nogil:
-    """One step by units on plan.threads. c_next may be c_prev (the same ld);
+cdef inline void _set_step(_SequenceArgs *a, floating *gates, Py_ssize_t ldg,
+                           const floating *h_prev, Py_ssize_t ldh,
+                           const floating *c_prev, Py_ssize_t ldc,
+                           floating *h_next, Py_ssize_t ldhn,
+                           floating *c_next, floating *tanh_c, Py_ssize_t ldcn) noexcept nogil:
+    """The step a task of a round runs. c_next may be c_prev (the same ld);
     tanh_c, if any, has c_next's ld."""
     a.step_gates, a.ld_gates, a.step_h_prev, a.ld_h_prev = gates, ldg, h_prev, ldh
     a.step_c_prev, a.ld_c_prev, a.step_h_next, a.ld_h_next = c_prev, ldc, h_next, ldhn
     a.step_c_next, a.step_tanh_c, a.ld_c_next = c_next, tanh_c, ldcn
-    lstmc_parallel(a.plan.threads, _ceil_div(a.hidden_size, a.unit_piece),
-                   _step_units_task, a)
+
+
+# The steps of a loop by units run as one job (lstmc_parallel_steps): each task
+# works on its own copy of the arguments, set for its step.
+
+cdef void _forward_units_step(floating *kind, const _SequenceArgs *a, ptrdiff_t t,
+                              ptrdiff_t task) noexcept nogil:
+    cdef Py_ssize_t H = a.hidden_size, G4 = 4 * H, TH = a.steps * H
+    cdef _SequenceArgs s = a[0]
+    cdef floating *hs = <floating *> a.hs
+    cdef floating *cells = <floating *> a.cells
+    s.running = _running(a.lengths, a.batch, t)      # the batch is sorted longest first
+    if s.running == 0:
+        return
+    _set_step(&s, <floating *> a.gates + t * G4, a.steps * G4,
+              hs + (t - 1) * H if t > 0 else <const floating *> a.h0, TH if t > 0 else H,
+              cells + (t - 1) * H if t > 0 else <const floating *> a.c0, TH if t > 0 else H,
+              hs + t * H, TH, cells + t * H, <floating *> a.tanh_cells + t * H, TH)
+    _step_units(kind, &s, task)
+
+
+cdef void _forward_units_task(void *args, ptrdiff_t step, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _forward_units_step(<double *> NULL, <_SequenceArgs *> args, step, task)
+    else:
+        _forward_units_step(<float *> NULL, <_SequenceArgs *> args, step, task)
+
+
+cdef void _infer_units_step(floating *kind, const _SequenceArgs *a, ptrdiff_t step,
+                            ptrdiff_t task) noexcept nogil:
+    cdef Py_ssize_t N = a.batch, H = a.hidden_size, G4 = 4 * H, TH = a.steps * H
+    cdef Py_ssize_t t = a.chunk_first + step
+    cdef _SequenceArgs s = a[0]
+    cdef floating *hs = <floating *> a.hs
+    s.running = _running(a.lengths, N, t)
+    if s.running == 0:
+        return
+    _set_step(&s, <floating *> a.chunk_gates + step * N * G4, G4,
+              hs + (t - 1) * H if t > 0 else <const floating *> a.h0, TH if t > 0 else H,
+              <const floating *> a.c_last, H, hs + t * H, TH,
+              <floating *> a.c_last, <floating *> NULL, H)
+    _step_units(kind, &s, task)
+
+
+cdef void _infer_units_task(void *args, ptrdiff_t step, ptrdiff_t task) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _infer_units_step(<double *> NULL, <_SequenceArgs *> args, step, task)
+    else:
+        _infer_units_step(<float *> NULL, <_SequenceArgs *> args, step, task)
 
 
 cdef void _forward_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
     cdef Py_ssize_t N = a.batch, T = a.steps, D = a.input_size, H = a.hidden_size
-    cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
-    cdef Py_ssize_t n, t
+    cdef Py_ssize_t G4 = 4 * H, TG = T * G4
+    cdef Py_ssize_t n
     cdef const floating *xs = <const floating *> a.xs
     cdef const floating *h0 = <const floating *> a.h0
     cdef const floating *c0 = <const floating *> a.c0
@@ -519,14 +563,8 @@ cdef void _forward_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
     else:
         for n in range(N):
             _project(a, xs + n * a.xs_seq_stride, a.xs_step_stride, T, gates + n * TG)
-    for t in range(T):
-        a.running = _running(a.lengths, a.running, t)   # the batch is sorted longest first
-        if a.running == 0:
-            break
-        _run_step(a, gates + t * G4, TG,
-                  hs + (t - 1) * H if t > 0 else h0, TH if t > 0 else H,
-                  cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
-                  hs + t * H, TH, cells + t * H, tanh_cells + t * H, TH)
+    lstmc_parallel_steps(a.plan.threads, T if a.lengths == NULL else a.lengths[0],
+                         _ceil_div(H, a.unit_piece), _forward_units_task, a)
     _forward_tail(N, T, H, a.lengths, h0, c0, hs, cells, h_prevs,
                   <floating *> a.h_last, <floating *> a.c_last)
 
@@ -534,7 +572,7 @@ cdef void _forward_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
 cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
     cdef Py_ssize_t N = a.batch, T = a.steps, D = a.input_size, H = a.hidden_size
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, S = a.chunk_steps
-    cdef Py_ssize_t t, first, steps
+    cdef Py_ssize_t first, steps
     cdef Py_ssize_t last = T if a.lengths == NULL else a.lengths[0]   # the longest row
     cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
     cdef const floating *xs = <const floating *> a.xs
@@ -562,11 +600,9 @@ cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
             _gather_chunk(N, D, xs, seq_stride, step_stride, a.xs_rows, first, steps,
                           chunk_inputs)
             _project(a, chunk_inputs, D, N * steps, chunk_gates)
-        for t in range(first, first + steps):
-            a.running = _running(a.lengths, a.running, t)
-            _run_step(a, chunk_gates + (t - first) * N * G4, G4,
-                      hs + (t - 1) * H if t > 0 else h0, TH if t > 0 else H,
-                      c_last, H, hs + t * H, TH, c_last, <floating *> NULL, H)
+        a.chunk_first = first
+        lstmc_parallel_steps(a.plan.threads, steps, _ceil_div(H, a.unit_piece),
+                             _infer_units_task, a)
         first += steps
     if a.lengths != NULL:
         _last_valid(N, H, a.lengths, hs, TH, h0, h_last)
@@ -822,11 +858,23 @@ cdef void _backward_units(floating *kind, const _SequenceArgs *a,
                          dA + t * G4 + j0, TG, dc_carry, H)
 
 
-cdef void _backward_units_task(void *args, ptrdiff_t task) noexcept nogil:
+cdef void _backward_units_step(floating *kind, const _SequenceArgs *a, ptrdiff_t step,
+                               ptrdiff_t task) noexcept nogil:
+    """Step `step` of the backward's loop by units: t = T - 1 - step, down to -1
+    (the gradient of h0), on the rows that run t (sorted longest first)."""
+    cdef _SequenceArgs s = a[0]
+    s.step = a.steps - 1 - step
+    s.running = _running(a.lengths, a.batch, max(s.step, 0))
+    if s.running == 0:
+        return
+    _backward_units(kind, &s, task)
+
+
+cdef void _backward_units_task(void *args, ptrdiff_t step, ptrdiff_t task) noexcept nogil:
     if (<_SequenceArgs *> args).double_precision:
-        _backward_units(<double *> NULL, <_SequenceArgs *> args, task)
+        _backward_units_step(<double *> NULL, <_SequenceArgs *> args, step, task)
     else:
-        _backward_units(<float *> NULL, <_SequenceArgs *> args, task)
+        _backward_units_step(<float *> NULL, <_SequenceArgs *> args, step, task)
 
 
 cdef void _backward_products(floating *kind, const _SequenceArgs *a,
@@ -911,13 +959,8 @@ cdef int lstm_sequence_backward(
             _zero_padding(N, T, H, lengths, dA, dh0, dc_carry)
         # A round per step, the last (step -1) for the gradient of h0; each on
         # the rows that run that step (the batch is sorted longest first).
-        for t in range(T - 1, -2, -1):
-            a.step = t
-            a.running = _running(lengths, N, max(t, 0))
-            if a.running == 0 and t >= 0:
-                continue
-            lstmc_parallel(a.plan.threads, _ceil_div(H, a.unit_piece),
-                           _backward_units_task, &a)
+        lstmc_parallel_steps(a.plan.threads, T + 1, _ceil_div(H, a.unit_piece),
+                             _backward_units_task, &a)
     else:
         lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _backward_rows_task, &a)
     # Then the products over all steps: one column block of the weight

@@ -24,6 +24,13 @@
  *    SciPy's sgemm; if it is not OpenBLAS, its threads are left alone.
  *  - Task boundaries depend on the sizes and the thread limit only, never on
  *    which thread runs a task: results are bit-identical run to run.
+ *  - A time loop split within each step (lstmc_parallel_steps) is one job:
+ *    each thread goes through the steps, waits (spinning, briefly) for every
+ *    task of step s - 1 to finish, then claims the tasks of step s still
+ *    unclaimed, its own first. No lock and no wake-up per step; a thread that
+ *    has not joined yet costs nothing (the others claim its tasks), one
+ *    descheduled inside a task stalls the step (a step needs all of the step
+ *    before).
  *  - After fork, the child starts with no workers (they did not survive) and
  *    free slots; workers are made again on first use.
  * Workers never touch Python, so interpreter exit does not wait for them.
@@ -34,6 +41,7 @@
 #include <stddef.h>
 
 typedef void (*lstmc_task_fn)(void *ctx, ptrdiff_t task);
+typedef void (*lstmc_step_fn)(void *ctx, ptrdiff_t step, ptrdiff_t task);
 
 #if defined(_WIN32)
 
@@ -52,6 +60,13 @@ static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void
 {
     (void) threads;
     for (ptrdiff_t i = 0; i < ntasks; i++) fn(ctx, i);
+}
+static void lstmc_parallel_steps(int threads, ptrdiff_t steps, ptrdiff_t per_step,
+                                 lstmc_step_fn fn, void *ctx)
+{
+    (void) threads;
+    for (ptrdiff_t s = 0; s < steps; s++)
+        for (ptrdiff_t k = 0; k < per_step; k++) fn(ctx, s, k);
 }
 
 #else
@@ -325,6 +340,83 @@ static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void
         pthread_cond_wait(&lstmc_job_done, &lstmc_mu);
     pthread_mutex_unlock(&lstmc_mu);
     lstmc_free_slots(n);
+}
+
+/* Steps of a time loop, each split into per_step tasks: fn(ctx, s, k) for every
+ * s in [0, steps) and k in [0, per_step), each once; every task of step s runs
+ * after every task of step s - 1 has returned (its writes visible). Member m of
+ * the job claims task m of each step first (so a slice of the weights stays in
+ * one core's cache), then any other task of the step still unclaimed (so a
+ * member that has not joined, or has fallen behind, costs no wait). */
+typedef struct lstmc_steps_job {
+    lstmc_step_fn fn;
+    void *ctx;
+    ptrdiff_t steps, per_step;
+    ptrdiff_t done;                          /* tasks finished (atomic) */
+    ptrdiff_t claimed[LSTMC_MAX_WORKERS];    /* the last step task k was claimed for */
+} lstmc_steps_job;
+
+/* Waits until *count >= target. The tasks it waits for are running on other
+ * threads: spin, pausing, and past 0.2 ms yield the core at each check, so a
+ * thread sharing it runs. */
+static void lstmc_wait_count(const ptrdiff_t *count, ptrdiff_t target)
+{
+    struct timespec t0, t;
+    int timed = 0;
+    while (__atomic_load_n(count, __ATOMIC_ACQUIRE) < target) {
+        for (int i = 0; i < 256; i++) {
+            if (__atomic_load_n(count, __ATOMIC_ACQUIRE) >= target) return;
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+        if (!timed) {
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            timed = 1;
+            continue;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > LSTMC_CALLER_SPIN_NS)
+            sched_yield();
+    }
+}
+
+static void lstmc_steps_member(void *ctx, ptrdiff_t member)
+{
+    lstmc_steps_job *job = (lstmc_steps_job *) ctx;
+    ptrdiff_t K = job->per_step;
+    /* A member that joins late starts at the step running now. */
+    for (ptrdiff_t s = __atomic_load_n(&job->done, __ATOMIC_ACQUIRE) / K; s < job->steps; s++) {
+        lstmc_wait_count(&job->done, s * K);
+        for (ptrdiff_t j = 0; j < K; j++) {
+            ptrdiff_t k = (member + j) % K, before = s - 1;
+            if (__atomic_load_n(&job->claimed[k], __ATOMIC_RELAXED) == before
+                    && __atomic_compare_exchange_n(&job->claimed[k], &before, s, 0,
+                                                   __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+                job->fn(job->ctx, s, k);
+                __atomic_fetch_add(&job->done, 1, __ATOMIC_RELEASE);
+            }
+        }
+    }
+}
+
+static void lstmc_parallel_steps(int threads, ptrdiff_t steps, ptrdiff_t per_step,
+                                 lstmc_step_fn fn, void *ctx)
+{
+    lstmc_steps_job job;
+    int members = threads < per_step ? threads : (int) per_step;
+    if (members <= 1 || per_step > LSTMC_MAX_WORKERS) {
+        for (ptrdiff_t s = 0; s < steps; s++)
+            for (ptrdiff_t k = 0; k < per_step; k++) fn(ctx, s, k);
+        return;
+    }
+    job.fn = fn;
+    job.ctx = ctx;
+    job.steps = steps;
+    job.per_step = per_step;
+    job.done = 0;
+    for (ptrdiff_t k = 0; k < per_step; k++) job.claimed[k] = -1;
+    lstmc_parallel(members, members, lstmc_steps_member, &job);
 }
 
 static void lstmc_set_threads(int n)
