@@ -785,6 +785,46 @@ def test_time_parity_across_thread_counts(restore_pool, dtype, mode):
                 _assert_reference(got, ref, dtype, f"N={N} n={n} {mode} xs {name}")
 
 
+@pytest.mark.parametrize("size", [(1, 64), (1, 128), (3, 64), (5, 128), (8, 256)],
+                         ids=lambda s: "N%dxH%d" % s)
+def test_time_small_batches_on_their_own_plans(restore_pool, dtype, size):
+    """Batches under 32 rows at n = 1, 2, 3 on the plans the rules give them (no
+    forcing): one row by units from H = 128, else one thread; a few rows in row
+    blocks of any size; by units from 2e6 multiply-adds a step. Forward (train
+    and not), backward, and again with lengths, match the NumPy reference."""
+    N, H = size
+    T, D = 60, 24
+    W, xs, dhs = _time_data(70 + N + H, N, T, D, H, dtype)
+    ref = _time_reference(W, xs, dhs)
+    lengths = np.array([T, T - 5, 1, T - 1, 0, 7, T, 3][:N])
+    for n in (1, 2, 3):
+        lstmc.set_num_threads(n)
+        plan = _work.plan_for(N, T, D, H, dtype)
+        step_macs = N * 4 * H * H
+        if N * T * 4 * H * (D + H) < 4e6:            # too small to split
+            assert plan["threads"] == 1, plan
+        elif n > 1 and (step_macs >= 2e6 or (N == 1 and H >= 128)):
+            assert "units" in plan["split"], plan
+        elif n > 1 and N > 1:
+            assert plan["tasks"] == min(N, n), plan
+        else:
+            assert plan["split"] == "rows" and plan["tasks"] == 1, plan
+        got = _time_results(lstmc.TimeLSTM(*W), xs, dhs)
+        _assert_reference(got, ref, dtype, f"N={N} H={H} n={n} {plan}")
+        layer = lstmc.TimeLSTM(*W)
+        hs = layer.forward(xs, lengths=lengths)
+        dxs = layer.backward(dhs)
+        for row in range(N):
+            L = lengths[row]
+            if L == 0:
+                continue
+            W1 = [w.copy() for w in W]
+            hs1, _, _, caches = time_forward(xs[row:row + 1, :L], *W1)
+            dxs1 = time_backward(dhs[row:row + 1, :L], caches, W1[0], W1[1])[0]
+            assert_close(hs[row:row + 1, :L], hs1, dtype, err_msg=f"row {row} hs n={n}")
+            assert_close(dxs[row:row + 1, :L], dxs1, dtype, err_msg=f"row {row} dxs n={n}")
+
+
 @pytest.mark.parametrize("size", [(64, 256, 256), (37, 256, 256), (1, 256, 512)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_cell_parity_across_thread_counts(restore_pool, dtype, size):
