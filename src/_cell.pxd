@@ -31,6 +31,8 @@ cdef struct Plan:
     int threads                 # at most this many threads (1: the caller's only)
     Py_ssize_t block            # rows of the batch per task, >= 1
     bint recurrent_by_rows      # the recurrent product issued with BLAS's m = rows
+    Py_ssize_t recurrent_piece  # with it, > 0: h transposed first, products of this
+                                # many columns (BLAS's small-matrix kernels)
                                 # (gate-major, added in by a loop), else m = 4H
     bint by_units               # the batch whole, each step a round of tasks over
                                 # slices of the H units (block unused)
@@ -138,7 +140,8 @@ cdef int lstm_sequence_forward(
     floating *tanh_cells,                      # (N, T, H)  tanh(c) of every step
     floating *h_prevs,                         # (N, T, H)  h before every step: h0, hs[:, :-1]
     const Plan *plan,                          # or NULL: the caller's thread, m = 4H
-    floating *recurrent,                       # scratch 4H*(H+N) for recurrent_by_rows, or NULL
+    floating *recurrent,                       # scratch 4H*(H+N) + threads*N*H for
+                                               # recurrent_by_rows, or NULL
     const Py_ssize_t *lengths=*,               # IN  (N,) steps of each row, or NULL: all T
 ) noexcept nogil
 
@@ -155,7 +158,7 @@ cdef int lstm_sequence_infer(
     floating *chunk_inputs,                    # scratch (chunk_steps * N, D); NULL if N == 1
     Py_ssize_t chunk_steps,                    # >= 1
     const Plan *plan,                          # or NULL: the caller's thread, m = 4H
-    floating *recurrent,                       # scratch 4H*(H+N) for recurrent_by_rows, or NULL
+    floating *recurrent,                       # scratch as lstm_sequence_forward's, or NULL
     const Py_ssize_t *lengths=*,               # IN  (N,) steps of each row, or NULL: all T
     const Py_ssize_t *xs_rows=*,               # IN  (N,) row n is xs's sequence xs_rows[n]
 ) noexcept nogil                               #     (in 0 .. N-1), or NULL: sequence n
@@ -192,12 +195,13 @@ cdef int lstm_sequence_backward(
 
 
 # gates (N, 4H, ldg) += h_prev (N, H, ldh) @ Wh, one step's recurrent product as
-# the plan orients it (by_rows: recurrent is scratch (4H, N) and Wh_t is Wh.T,
-# C-contiguous (4H, H)).
+# the plan orients it (by_rows: recurrent is scratch (4H, N), Wh_t is Wh.T,
+# C-contiguous (4H, H), and with piece > 0 h_t is scratch (H, N)).
 cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
                          const floating *h_prev, Py_ssize_t ldh, const floating *Wh,
                          floating *gates, Py_ssize_t ldg, floating *recurrent,
-                         const floating *Wh_t=*) noexcept nogil
+                         const floating *Wh_t=*, floating *h_t=*,
+                         Py_ssize_t piece=*) noexcept nogil
 
 # dh (N, units, lddh) := dA (N, 4H, ldda) @ Wh.T for `units` rows of Wh (Wh at
 # the first), the backward's product as the plan orients it (by_rows: scratch

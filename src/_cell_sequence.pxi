@@ -65,6 +65,7 @@ cdef struct _SequenceArgs:
     void *h_prevs
     void *weights_t                     # recurrent_by_rows: Wh transposed, (4H, H)
     void *recurrent                     # recurrent_by_rows: scratch (4H, N), gate-major
+    void *h_t                           # recurrent_piece: scratch (H, N) per task
     void *chunk_gates
     void *chunk_inputs
     void *dA
@@ -218,17 +219,36 @@ cdef void _last_valid(Py_ssize_t N, Py_ssize_t H, const Py_ssize_t *lengths,
             memset(out + n * H, 0, H * sizeof(floating))
 
 
+cdef inline void _gate_major_product(Py_ssize_t N, Py_ssize_t H, Py_ssize_t cols,
+                                     const floating *h_prev, Py_ssize_t ldh,
+                                     const floating *Wt, floating *out, floating *h_t,
+                                     Py_ssize_t piece) noexcept nogil:
+    """out (cols, N) = Wt (cols, H) @ h_prev.T, BLAS's m the batch: one product
+    reading h transposed, or (piece > 0) h transposed into h_t (H, N) first and
+    products of `piece` columns, small enough for BLAS's small-matrix kernels."""
+    cdef Py_ssize_t p = 0
+    if piece <= 0:
+        gemm(c'n', c't', cols, N, H, 1, Wt, H, h_prev, ldh, 0, out, N)
+        return
+    transpose(H, N, h_prev, ldh, h_t, N)
+    while p < cols:
+        gemm(c'n', c'n', min(piece, cols - p), N, H, 1, Wt + p * H, H, h_t, N, 0,
+             out + p * N, N)
+        p += piece
+
+
 cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
                          const floating *h_prev, Py_ssize_t ldh, const floating *Wh,
                          floating *gates, Py_ssize_t ldg, floating *recurrent,
-                         const floating *Wh_t=NULL) noexcept nogil:
+                         const floating *Wh_t=NULL, floating *h_t=NULL,
+                         Py_ssize_t piece=0) noexcept nogil:
     cdef Py_ssize_t G4 = 4 * H
     if N == 1:
         gemv_t(H, G4, 1, Wh, G4, h_prev, 1, gates)
     elif by_rows:
-        # BLAS's m is the batch, h read transposed, Wh_t (4H, H) as it is: the
-        # product comes out gate-major and is added in by a loop.
-        gemm(c'n', c't', G4, N, H, 1, Wh_t, H, h_prev, ldh, 0, recurrent, N)
+        # BLAS's m is the batch, Wh_t (4H, H) read as it is: the product comes
+        # out gate-major and is added in by a loop.
+        _gate_major_product(N, H, G4, h_prev, ldh, Wh_t, recurrent, h_t, piece)
         add_transposed(N, G4, recurrent, N, gates, ldg)
     else:
         gemm(c'n', c'n', N, G4, H, 1, h_prev, ldh, Wh, G4, 1, gates, ldg)
@@ -269,14 +289,15 @@ cdef void _transpose_task(void *args, ptrdiff_t task) noexcept nogil:
 
 
 cdef void _transpose_weights(_SequenceArgs *a, void *scratch, Py_ssize_t item) noexcept nogil:
-    """With recurrent_by_rows: a.weights_t and a.recurrent share the scratch, Wh
-    transposed first, on plan.threads."""
+    """With recurrent_by_rows: a.weights_t, a.recurrent and a.h_t share the
+    scratch, Wh transposed first, on plan.threads."""
     cdef Py_ssize_t H = a.hidden_size
     a.recurrent = scratch
     if not a.plan.recurrent_by_rows:
         return
     a.weights_t = scratch
     a.recurrent = <char *> scratch + 4 * H * H * item
+    a.h_t = <char *> a.recurrent + 4 * H * a.batch * item
     if a.plan.by_units:
         lstmc_parallel(a.plan.threads, _ceil_div(H, a.unit_piece), _transpose_task, a)
     else:
@@ -330,6 +351,7 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
     cdef floating *tanh_cells = _at_out(a.tanh_cells, first * TH, kind)
     cdef floating *h_prevs = _at_out(a.h_prevs, first * TH, kind)
     cdef floating *recurrent = _at_out(a.recurrent, first * G4, kind)
+    cdef floating *h_t = _at_out(a.h_t, first * H, kind)
     cdef const floating *h_prev
     cdef const floating *c_prev
     if _by_row(lengths, N, 0, T):                             # each row's valid steps only
@@ -350,7 +372,8 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
         c_prev = cells + (t - 1) * H if t > 0 else c0
         if h_prev != NULL:
             lstm_recurrent(rows, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H, Wh,
-                           gates + t * G4, TG, recurrent, <const floating *> a.weights_t)
+                           gates + t * G4, TG, recurrent, <const floating *> a.weights_t,
+                           h_t, a.plan.recurrent_piece)
         gates_forward(rows, H, gates + t * G4, TG, b, c_prev, TH if t > 0 else H,
                       cells + t * H, TH, hs + t * H, TH, tanh_cells + t * H, TH)
     _forward_tail(N, T, H, lengths, h0, c0, hs, cells, h_prevs,
@@ -465,8 +488,9 @@ cdef void _step_units(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
         if N == 1:
             gemv_n(4 * width, H, 1, <const floating *> a.weights_t + 4 * j0 * H, H, h_prev, 0, r)
         else:
-            gemm(c'n', c't', 4 * width, N, H, 1, <const floating *> a.weights_t + 4 * j0 * H, H,
-                 h_prev, a.ld_h_prev, 0, r, N)
+            _gate_major_product(N, H, 4 * width, h_prev, a.ld_h_prev,
+                                <const floating *> a.weights_t + 4 * j0 * H, r,
+                                _at_out(a.h_t, task * N * H, kind), a.plan.recurrent_piece)
         for g in range(4):
             add_transposed(N, width, r + g * width * N, N, gates + g * H + j0, ldg)
     elif h_prev != NULL:
@@ -671,6 +695,7 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
     cdef floating *chunk_gates = _at_out(a.chunk_gates, (first_row * S) * G4, kind)
     cdef floating *chunk_inputs = _at_out(a.chunk_inputs, (first_row * S) * D, kind)
     cdef floating *recurrent = _at_out(a.recurrent, first_row * G4, kind)
+    cdef floating *h_t = _at_out(a.h_t, first_row * H, kind)
     cdef const floating *h_prev
     # c lives in c_last from the start: each step updates it in place (a
     # finished row's is not touched again).
@@ -700,7 +725,7 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
             if h_prev != NULL:
                 lstm_recurrent(rows, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H,
                                Wh, chunk_gates + (t - first) * N * G4, G4, recurrent,
-                               <const floating *> a.weights_t)
+                               <const floating *> a.weights_t, h_t, a.plan.recurrent_piece)
             gates_forward(rows, H, chunk_gates + (t - first) * N * G4, G4, b, c_last, H,
                           c_last, H, hs + t * H, TH, <floating *> NULL, 0)
         first += steps
