@@ -77,12 +77,12 @@ cdef struct _SequenceArgs:
     void *dWh
     void *db
     Py_ssize_t column_piece, row_piece, column_tasks   # the backward's second phase
-    Py_ssize_t unit_piece, step                        # plan.by_units: a round per step
+    Py_ssize_t unit_piece, step                        # plan.by_units: a slice, a step
     Py_ssize_t chunk_first                             # by_units, infer: the chunk's first step
     Py_ssize_t running                                 # by_units: the rows that run this step
     Py_ssize_t first_step, row_ld, step_ld             # by_units with lengths: a projection
     Py_ssize_t rows, row_spacing                       # by_units: rows being projected
-    # by_units, the forward: the step a round runs, each matrix with its ld
+    # by_units, the forward: the step a task runs, each matrix with its ld
     void *step_gates
     const void *step_h_prev
     const void *step_c_prev
@@ -406,11 +406,12 @@ cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_
     a.unit_piece = _ceil_div(_ceil_div(H, a.plan.threads), 16) * 16
 
 
-# By units (plan.by_units): for large H the batch is not split; every step runs
-# as a round of tasks over slices of the H units, each computing its slice of
-# the four gates' products and the gate loop for it. A round per step costs a
-# wake-up per step, small beside such a step; the products by slices read each
-# slice of Wh on one thread only.
+# By units (plan.by_units): the batch is not split; every step's tasks are
+# slices of the H units, each computing its slice of the four gates' products
+# and the gate loop for it, and the whole loop is one job (lstmc_parallel_steps:
+# a step waits for the step before, no lock and no wake-up per step). Each
+# thread takes its own slice first, so each slice of Wh stays in one core's
+# cache; the inputs are projected by the same slices for the same reason.
 
 cdef void _project_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
     """a.gates (a.rows, 4H) = x @ Wx for the a.rows input rows at a.xs,
@@ -512,7 +513,7 @@ cdef inline void _set_step(_SequenceArgs *a, floating *gates, Py_ssize_t ldg,
                            const floating *c_prev, Py_ssize_t ldc,
                            floating *h_next, Py_ssize_t ldhn,
                            floating *c_next, floating *tanh_c, Py_ssize_t ldcn) noexcept nogil:
-    """The step a task of a round runs. c_next may be c_prev (the same ld);
+    """The step a task runs. c_next may be c_prev (the same ld);
     tanh_c, if any, has c_next's ld."""
     a.step_gates, a.ld_gates, a.step_h_prev, a.ld_h_prev = gates, ldg, h_prev, ldh
     a.step_c_prev, a.ld_c_prev, a.step_h_next, a.ld_h_next = c_prev, ldc, h_next, ldhn
@@ -982,7 +983,7 @@ cdef int lstm_sequence_backward(
             # A row joins at its last valid step with nothing carried in (the
             # step after it, past its length, has zero dA: its dh is zero).
             _zero_padding(N, T, H, lengths, dA, dh0, dc_carry)
-        # A round per step, the last (step -1) for the gradient of h0; each on
+        # A step at a time, the last (step -1) for the gradient of h0; each on
         # the rows that run that step (the batch is sorted longest first).
         lstmc_parallel_steps(a.plan.threads, T + 1, _ceil_div(H, a.unit_piece),
                              _backward_units_task, &a)
