@@ -140,8 +140,8 @@ cdef int lstm_sequence_forward(
     floating *tanh_cells,                      # (N, T, H)  tanh(c) of every step
     floating *h_prevs,                         # (N, T, H)  h before every step: h0, hs[:, :-1]
     const Plan *plan,                          # or NULL: the caller's thread, m = 4H
-    floating *recurrent,                       # scratch 4H*(H+N) + threads*N*H for
-                                               # recurrent_by_rows, or NULL
+    floating *recurrent,                       # scratch 4H*(H+N) + threads*N*H + 16
+                                               # for recurrent_by_rows, or NULL
     const Py_ssize_t *lengths=*,               # IN  (N,) steps of each row, or NULL: all T
 ) noexcept nogil
 
