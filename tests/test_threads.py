@@ -728,7 +728,7 @@ def test_cell_repeats_bit_identical_at_two_threads(restore_pool, dtype, size):
 # 3. every thread count gives the reference
 # --------------------------------------------------------------------------
 
-_MODES = ["m=rows", "m=4H"] + (["units"] if _SPLITS else [])
+_MODES = ["m=rows", "m=rows pieces", "m=4H"] + (["units"] if _SPLITS else [])
 
 
 def _force(mode):
@@ -738,7 +738,7 @@ def _force(mode):
     else:
         if _SPLITS:
             _work.force_split("rows")
-        _work.force_orientation(mode == "m=rows")
+        _work.force_orientation("pieces" if mode == "m=rows pieces" else mode == "m=rows")
 
 
 def _check_plan(mode, N, T, D, H, dtype):
@@ -751,8 +751,12 @@ def _check_plan(mode, N, T, D, H, dtype):
         else:
             assert plan["tasks"] >= 2, plan
             assert plan["block"] * plan["tasks"] >= N > plan["block"] * (plan["tasks"] - 1), plan
-    if mode != "units":
-        assert plan["recurrent"] == ("m = rows" if mode == "m=rows" else "m = 4H"), plan
+    if mode == "m=rows pieces":     # pieces where 16 columns fit in 1e6 multiply-adds
+        rows = plan["block"] if plan["threads"] > 1 else N
+        assert plan["recurrent"].startswith(
+            "m = rows, in pieces of " if rows * H * 16 <= 1e6 else "m = rows"), plan
+    elif mode != "units":
+        assert plan["recurrent"] == ("m = 4H" if mode == "m=4H" else "m = rows"), plan
 
 
 def _sequence_layouts(xs):
