@@ -228,10 +228,10 @@ cdef inline void _gate_major_product(Py_ssize_t N, Py_ssize_t H, Py_ssize_t cols
     products of `piece` columns, small enough for BLAS's small-matrix kernels."""
     cdef Py_ssize_t p = 0
     if piece <= 0:
-        gemm(c'n', c't', cols, N, H, 1, Wt, H, h_prev, ldh, 0, out, N)
+        gemm(c'n', c't', cols, N, H, 1, Wt, H, h_prev, ldh, 0, out, N)   # out = Wt @ h.T
         return
-    transpose(H, N, h_prev, ldh, h_t, N)
-    while p < cols:
+    transpose(H, N, h_prev, ldh, h_t, N)                                 # h_t = h.T
+    while p < cols:                                      # out[p:p+piece] = Wt[p:p+piece] @ h_t
         gemm(c'n', c'n', min(piece, cols - p), N, H, 1, Wt + p * H, H, h_t, N, 0,
              out + p * N, N)
         p += piece
@@ -428,7 +428,7 @@ cdef void _project_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
     cdef Py_ssize_t D = a.input_size, H = a.hidden_size, G4 = 4 * H
     cdef Py_ssize_t j0 = task * a.unit_piece
     cdef Py_ssize_t width = min(a.unit_piece, H - j0), g
-    for g in range(4):
+    for g in range(4):                       # gates[:, gate g, slice] = x @ Wx[:, gate g, slice]
         _affine(a.rows, D, width, <const floating *> a.xs, a.row_spacing,
                 <const floating *> a.Wx + g * H + j0, 0, <floating *> a.gates + g * H + j0,
                 G4, G4)
@@ -494,13 +494,13 @@ cdef void _step_units(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
     if h_prev != NULL and a.plan.recurrent_by_rows:
         # One product for the slice's four gates, gate-major (the slice's rows of weights_t).
         r = <floating *> a.recurrent + 4 * j0 * N
-        if N == 1:
+        if N == 1:                                   # r = weights_t[slice] @ h
             gemv_n(4 * width, H, 1, <const floating *> a.weights_t + 4 * j0 * H, H, h_prev, 0, r)
         else:
             _gate_major_product(N, H, 4 * width, h_prev, a.ld_h_prev,
                                 <const floating *> a.weights_t + 4 * j0 * H, r,
                                 _at_out(a.h_t, task * N * H, kind), a.plan.recurrent_piece)
-        for g in range(4):
+        for g in range(4):                           # gates[:, gate g, slice] += r[g].T
             add_transposed(N, width, r + g * width * N, N, gates + g * H + j0, ldg)
     elif h_prev != NULL:
         for g in range(4):
@@ -792,14 +792,14 @@ cdef void lstm_recurrent_backward(Py_ssize_t N, Py_ssize_t H, Py_ssize_t units, 
                                   floating *scratch) noexcept nogil:
     cdef Py_ssize_t G4 = 4 * H
     if N == 1:
-        gemv_n(units, G4, 1, Wh, G4, dA, 0, dh)
+        gemv_n(units, G4, 1, Wh, G4, dA, 0, dh)                          # dh = Wh @ dA
     elif by_rows:
         # BLAS's m is the batch, dA read transposed, Wh as it is: the sum runs
         # along Wh's rows, as BLAS packs fastest. Gate-major, then put in place.
-        gemm(c'n', c't', units, N, G4, 1, Wh, G4, dA, ldda, 0, scratch, N)
-        transpose(N, units, scratch, N, dh, lddh)
+        gemm(c'n', c't', units, N, G4, 1, Wh, G4, dA, ldda, 0, scratch, N)   # scratch = Wh @ dA.T
+        transpose(N, units, scratch, N, dh, lddh)                            # dh = scratch.T
     else:
-        gemm(c'n', c't', N, units, G4, 1, dA, ldda, Wh, G4, 0, dh, lddh)
+        gemm(c'n', c't', N, units, G4, 1, dA, ldda, Wh, G4, 0, dh, lddh)    # dh = dA @ Wh.T
 
 
 cdef void _zero_padding(Py_ssize_t N, Py_ssize_t T, Py_ssize_t H, const Py_ssize_t *lengths,
