@@ -262,23 +262,18 @@ cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
 # product is one gemm: unit j of gate g of the slice starting at unit j0 (width
 # w) is row 4 j0 + g w + (j - j0). Split by rows, the one slice is Wh.T.
 
-cdef inline Py_ssize_t _slice_width(const _SequenceArgs *a, Py_ssize_t j0) noexcept nogil:
-    cdef Py_ssize_t piece = a.unit_piece if a.plan.by_units else a.hidden_size
-    return min(piece, a.hidden_size - j0)
-
-
 cdef void _transpose_slice(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
-    cdef Py_ssize_t H = a.hidden_size, G4 = 4 * H
+    """Units j0 .. j1 of the four gates into weights_t: by units this task's
+    slice (starting at s0 = j0, width w); by rows a share of the one slice of
+    all H units (s0 = 0, w = H)."""
+    cdef Py_ssize_t H = a.hidden_size, G4 = 4 * H, g
     cdef Py_ssize_t piece = a.unit_piece if a.plan.by_units else _ceil_div(H, a.plan.threads)
-    cdef Py_ssize_t j0 = task * piece, j1 = min(H, j0 + piece), j, w, g, s0
-    while j0 < j1:                     # by rows: this task's units, one slice of H
-        s0 = j0 if a.plan.by_units else 0
-        w = _slice_width(a, s0)
-        j = min(j1, s0 + w)
-        for g in range(4):
-            transpose(j - j0, H, <const floating *> a.Wh + g * H + j0, G4,
-                      <floating *> a.weights_t + (4 * s0 + g * w + j0 - s0) * H, H)
-        j0 = j
+    cdef Py_ssize_t j0 = task * piece, j1 = min(H, j0 + piece)
+    cdef Py_ssize_t s0 = j0 if a.plan.by_units else 0
+    cdef Py_ssize_t w = j1 - j0 if a.plan.by_units else H
+    for g in range(4):                       # weights_t[rows of gate g, j0..j1] = Wh[:, ...].T
+        transpose(j1 - j0, H, <const floating *> a.Wh + g * H + j0, G4,
+                  <floating *> a.weights_t + (4 * s0 + g * w + j0 - s0) * H, H)
 
 
 cdef void _transpose_task(void *args, ptrdiff_t task) noexcept nogil:
