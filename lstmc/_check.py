@@ -323,6 +323,9 @@ def plan_lines(shapes=PLAN_SHAPES, dtype=np.float32):
         if "block" in plan:
             text += " (%d task%s of %d rows)" % (plan["tasks"], "" if plan["tasks"] == 1 else "s",
                                                 plan["block"])
+        if plan.get("ahead"):
+            text += ", the inputs projected ahead on another thread (%d steps a piece)" \
+                % plan["ahead"]
         lines.append("(%s) %s: %s; recurrent product %s"
                      % (",".join(map(str, shape)), np.dtype(dtype).name, text,
                         plan["recurrent"]))

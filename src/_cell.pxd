@@ -38,6 +38,9 @@ cdef struct Plan:
                                 # slices of the H units (block unused)
     bint backward_by_rows       # the backward's dh = dA_t @ Wh.T issued with BLAS's
                                 # m = rows (gate-major, transposed into place)
+    Py_ssize_t ahead_piece      # a batch of one row on 2+ threads, > 0: its inputs
+                                # projected on another thread ahead of the time
+                                # loop, in pieces of this many steps
 
 
 # lstmc's threads (_pool.h). Every numeric call runs between lstm_call_begin,

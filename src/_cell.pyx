@@ -38,6 +38,12 @@ cdef extern from "_pool.h" nogil:
     void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void *ctx)
     void lstmc_parallel_steps(int threads, ptrdiff_t steps, ptrdiff_t per_step,
                               lstmc_step_fn fn, void *ctx)
+    enum: LSTMC_AHEAD_MAX
+    ctypedef struct lstmc_ahead:
+        ptrdiff_t pieces, claimed
+        unsigned char made[LSTMC_AHEAD_MAX]
+    void lstmc_ahead_ready(lstmc_ahead *q, ptrdiff_t k, lstmc_task_fn make, void *ctx)
+    void lstmc_ahead_help(lstmc_ahead *q, lstmc_task_fn make, void *ctx)
     void lstmc_call_begin(int pin)
     void lstmc_call_end(int pin)
     void lstmc_set_threads(int n)

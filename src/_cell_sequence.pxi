@@ -90,6 +90,12 @@ cdef struct _SequenceArgs:
     void *step_c_next
     void *step_tanh_c
     Py_ssize_t ld_gates, ld_h_prev, ld_c_prev, ld_h_next, ld_c_next
+    # one row on two threads: its inputs projected ahead of its time loop
+    lstmc_ahead ahead
+    Py_ssize_t ahead_steps, ahead_piece, ahead_ldx     # ahead_steps 0: not ahead
+    const void *ahead_xs
+    void *ahead_gates
+    lstmc_task_fn ahead_loop
 
 
 cdef inline Py_ssize_t _block_rows(const _SequenceArgs *a, ptrdiff_t task,
@@ -334,6 +340,59 @@ cdef void _forward_tail(Py_ssize_t N, Py_ssize_t T, Py_ssize_t H, const Py_ssize
         _copy_rows(c_last, H, cells + (T - 1) * H, TH, N, H)
 
 
+# One row on two threads (plan.ahead_piece): a row's steps run one after
+# another, so the other thread projects the inputs ahead of the time loop, in
+# pieces of steps, while the loop runs (lstmc_ahead_* in _pool.h): the loop
+# makes a piece itself when the other thread has not taken it, and waits only
+# for one being made.
+
+cdef bint _plan_ahead(_SequenceArgs *a, Py_ssize_t steps, const void *xs, void *gates,
+                      lstmc_task_fn loop) noexcept nogil:
+    """Whether this call projects its one row ahead of the time loop (then set
+    up for lstmc_parallel(2, 2, _ahead_task, a)): the `steps` steps from xs
+    (the row's first step) into gates (4H apart), `loop` the row's task."""
+    cdef Py_ssize_t piece = max(a.plan.ahead_piece, _ceil_div(steps, LSTMC_AHEAD_MAX))
+    if (a.plan.ahead_piece <= 0 or a.batch != 1 or a.plan.by_units or a.plan.threads < 2
+            or steps <= piece):
+        return False
+    a.ahead_steps, a.ahead_piece, a.ahead_xs, a.ahead_gates = steps, piece, xs, gates
+    a.ahead_ldx = _step_ld(1, a.steps, a.input_size, a.xs_seq_stride, a.xs_step_stride)
+    a.ahead.pieces, a.ahead.claimed = _ceil_div(steps, piece), 0
+    memset(a.ahead.made, 0, sizeof(a.ahead.made))
+    a.ahead_loop = loop
+    return True
+
+
+cdef void _ahead_make_piece(floating *kind, _SequenceArgs *a, ptrdiff_t k) noexcept nogil:
+    """Piece k: gates of its steps = their inputs @ Wx."""
+    cdef Py_ssize_t G4 = 4 * a.hidden_size, t0 = k * a.ahead_piece
+    _affine(min(a.ahead_piece, a.ahead_steps - t0), a.input_size, G4,
+            <const floating *> a.ahead_xs + t0 * a.ahead_ldx, a.ahead_ldx,
+            <const floating *> a.Wx, 0, <floating *> a.ahead_gates + t0 * G4, G4)
+
+
+cdef void _ahead_make(void *args, ptrdiff_t k) noexcept nogil:
+    if (<_SequenceArgs *> args).double_precision:
+        _ahead_make_piece(<double *> NULL, <_SequenceArgs *> args, k)
+    else:
+        _ahead_make_piece(<float *> NULL, <_SequenceArgs *> args, k)
+
+
+cdef inline void _ahead_ready(_SequenceArgs *a, Py_ssize_t t) noexcept nogil:
+    """Before the time loop's step t: the inputs' piece that starts there made."""
+    if a.ahead_steps != 0 and t % a.ahead_piece == 0:
+        lstmc_ahead_ready(&a.ahead, t // a.ahead_piece, _ahead_make, a)
+
+
+cdef void _ahead_task(void *args, ptrdiff_t task) noexcept nogil:
+    """Task 0 the row's time loop, task 1 the projection ahead of it."""
+    cdef _SequenceArgs *a = <_SequenceArgs *> args
+    if task == 0:
+        a.ahead_loop(args, 0)
+    else:
+        lstmc_ahead_help(&a.ahead, _ahead_make, args)
+
+
 cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) noexcept nogil:
     cdef Py_ssize_t D = a.input_size, H = a.hidden_size, T = a.steps
     cdef Py_ssize_t G4 = 4 * H, TH = T * H, TG = T * G4
@@ -357,7 +416,9 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
     cdef floating *h_t = _at_out(a.h_t, first * H, kind)
     cdef const floating *h_prev
     cdef const floating *c_prev
-    if _by_row(lengths, N, 0, T):                             # each row's valid steps only
+    if a.ahead_steps:                                         # piece by piece, in the loop
+        pass
+    elif _by_row(lengths, N, 0, T):                           # each row's valid steps only
         _project_lengths(N, D, G4, xs, a.xs_seq_stride, a.xs_step_stride, Wx, lengths,
                          0, T, gates, TG, G4)
     elif _evenly_spaced(N, T, a.xs_seq_stride, a.xs_step_stride):
@@ -371,6 +432,7 @@ cdef void _forward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) 
         rows = _running(lengths, rows, t)
         if rows == 0:
             break
+        _ahead_ready(<_SequenceArgs *> a, t)
         h_prev = hs + (t - 1) * H if t > 0 else h0
         c_prev = cells + (t - 1) * H if t > 0 else c0
         if h_prev != NULL:
@@ -665,6 +727,8 @@ cdef int lstm_sequence_forward(
     _transpose_weights(&a, recurrent, sizeof(floating))
     if a.plan.by_units:
         _forward_by_units(recurrent, &a)
+    elif _plan_ahead(&a, T if lengths == NULL else lengths[0], xs, gates, _forward_task):
+        lstmc_parallel(2, 2, _ahead_task, &a)
     else:
         lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _forward_task, &a)
     return 0
@@ -712,7 +776,9 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
         # projects the whole chunk when its (t, n) rows are evenly spaced and at
         # least D apart (overlapping rows, such as sliding windows, are valid
         # input that BLAS cannot take as a leading dimension).
-        if _by_row(lengths, N, first, steps):                   # each row's valid steps
+        if a.ahead_steps:                                       # piece by piece, in the loop
+            pass
+        elif _by_row(lengths, N, first, steps):                 # each row's valid steps
             _project_lengths(N, D, G4, xs, seq_stride, step_stride, Wx, lengths,
                              first, steps, chunk_gates, G4, N * G4, xs_rows)
         elif xs_rows == NULL and (N == 1 or T == 1 or (step_stride == N * seq_stride
@@ -725,6 +791,7 @@ cdef void _infer_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task) no
             _affine(N * steps, D, G4, chunk_inputs, D, Wx, 0, chunk_gates, G4)
         for t in range(first, first + steps):
             rows = _running(lengths, rows, t)
+            _ahead_ready(<_SequenceArgs *> a, t)
             h_prev = hs + (t - 1) * H if t > 0 else h0
             if h_prev != NULL:
                 lstm_recurrent(rows, H, a.plan.recurrent_by_rows, h_prev, TH if t > 0 else H,
@@ -776,6 +843,11 @@ cdef int lstm_sequence_infer(
     _transpose_weights(&a, recurrent, sizeof(floating))
     if a.plan.by_units:
         _infer_by_units(recurrent, &a)
+    elif ((T if lengths == NULL else lengths[0]) <= chunk_steps       # one chunk
+          and _plan_ahead(&a, T if lengths == NULL else lengths[0],
+                          xs + (0 if xs_rows == NULL else xs_rows[0] * xs_seq_stride),
+                          chunk_gates, _infer_task)):
+        lstmc_parallel(2, 2, _ahead_task, &a)
     else:
         lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _infer_task, &a)
     return 0

@@ -43,6 +43,15 @@
 typedef void (*lstmc_task_fn)(void *ctx, ptrdiff_t task);
 typedef void (*lstmc_step_fn)(void *ctx, ptrdiff_t step, ptrdiff_t task);
 
+/* Pieces made ahead of their use (lstmc_ahead_*): at most LSTMC_AHEAD_MAX
+ * pieces, claimed in order by whichever thread is free, used in order by one. */
+#define LSTMC_AHEAD_MAX 256
+typedef struct lstmc_ahead {
+    ptrdiff_t pieces;
+    ptrdiff_t claimed;                   /* pieces claimed so far (atomic) */
+    unsigned char made[LSTMC_AHEAD_MAX]; /* piece k made (atomic) */
+} lstmc_ahead;
+
 #if defined(_WIN32)
 
 /* No pool on Windows: every call runs on its caller's thread. */
@@ -67,6 +76,17 @@ static void lstmc_parallel_steps(int threads, ptrdiff_t steps, ptrdiff_t per_ste
     (void) threads;
     for (ptrdiff_t s = 0; s < steps; s++)
         for (ptrdiff_t k = 0; k < per_step; k++) fn(ctx, s, k);
+}
+static void lstmc_ahead_ready(lstmc_ahead *q, ptrdiff_t k, lstmc_task_fn make, void *ctx)
+{
+    if (q->claimed <= k) {
+        q->claimed = k + 1;
+        make(ctx, k);
+    }
+}
+static void lstmc_ahead_help(lstmc_ahead *q, lstmc_task_fn make, void *ctx)
+{
+    (void) q; (void) make; (void) ctx;
 }
 
 #else
@@ -417,6 +437,64 @@ static void lstmc_parallel_steps(int threads, ptrdiff_t steps, ptrdiff_t per_ste
     job.done = 0;
     for (ptrdiff_t k = 0; k < per_step; k++) job.claimed[k] = -1;
     lstmc_parallel(members, members, lstmc_steps_member, &job);
+}
+
+/*
+ * A loop that uses pieces 0, 1, ... in order (the inputs' projection of a run of
+ * steps, say) while other members of the same job make them ahead of it: the
+ * helpers (lstmc_ahead_help) claim the next piece and make it until none is
+ * left, never waiting; the loop, before it uses piece k (lstmc_ahead_ready),
+ * makes it itself when nobody has claimed it (a helper has not joined, or fell
+ * behind), and while a helper is still making it, makes the next unclaimed
+ * piece meanwhile (when making the pieces takes longer than the loop, both
+ * threads make them). Nobody waits for a piece that no running thread makes:
+ * a helper that never joins costs nothing, and alone the loop makes them all.
+ * Which thread makes a piece does not change it.
+ */
+static int lstmc_ahead_take(lstmc_ahead *q, ptrdiff_t *k)
+{
+    *k = __atomic_load_n(&q->claimed, __ATOMIC_RELAXED);
+    return *k < q->pieces && __atomic_compare_exchange_n(&q->claimed, k, *k + 1, 0,
+                                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
+static void lstmc_ahead_make(lstmc_ahead *q, ptrdiff_t k, lstmc_task_fn make, void *ctx)
+{
+    make(ctx, k);
+    __atomic_store_n(&q->made[k], 1, __ATOMIC_RELEASE);
+}
+
+static void lstmc_ahead_help(lstmc_ahead *q, lstmc_task_fn make, void *ctx)
+{
+    ptrdiff_t k;
+    while (__atomic_load_n(&q->claimed, __ATOMIC_RELAXED) < q->pieces)
+        if (lstmc_ahead_take(q, &k)) lstmc_ahead_make(q, k, make, ctx);
+}
+
+static void lstmc_ahead_ready(lstmc_ahead *q, ptrdiff_t k, lstmc_task_fn make, void *ctx)
+{
+    struct timespec t0, t;
+    int timed = 0;
+    ptrdiff_t j;
+    while (!__atomic_load_n(&q->made[k], __ATOMIC_ACQUIRE)) {
+        if (lstmc_ahead_take(q, &j)) {     /* piece k itself, or a later one meanwhile */
+            lstmc_ahead_make(q, j, make, ctx);
+            continue;
+        }
+        for (int i = 0; i < 256 && !__atomic_load_n(&q->made[k], __ATOMIC_ACQUIRE); i++) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+        if (!timed) {
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            timed = 1;
+            continue;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > LSTMC_CALLER_SPIN_NS)
+            sched_yield();
+    }
 }
 
 static void lstmc_set_threads(int n)

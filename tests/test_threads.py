@@ -411,6 +411,8 @@ def restore_pool():
     _work.force_orientation(None)
     if _SPLITS:
         _work.force_split(None)
+    if hasattr(_work, "force_ahead"):
+        _work.force_ahead(None)
     lstmc.set_num_threads(before)
 
 
@@ -827,6 +829,51 @@ def test_time_small_batches_on_their_own_plans(restore_pool, dtype, size):
             dxs1 = time_backward(dhs[row:row + 1, :L], caches, W1[0], W1[1])[0]
             assert_close(hs[row:row + 1, :L], hs1, dtype, err_msg=f"row {row} hs n={n}")
             assert_close(dxs[row:row + 1, :L], dxs1, dtype, err_msg=f"row {row} dxs n={n}")
+
+
+@pytest.mark.parametrize("piece", [1, 7, 32])
+def test_time_one_row_with_inputs_projected_ahead(restore_pool, dtype, piece):
+    """One row on 2 and 3 threads, its inputs projected ahead of the time loop
+    on another thread in pieces of 1, 7 (not dividing T) and 32 steps: forward
+    (train and not), backward, lengths and a carried state, xs C-contiguous,
+    strided and time-major, match the NumPy reference, and the same call
+    repeated gives the same bits."""
+    T, D, H = 97, 24, 32
+    W, xs, dhs = _time_data(80 + piece, 1, T, D, H, dtype)
+    ref = _time_reference(W, xs, dhs)
+    _work.force_split("rows")
+    _work.force_ahead(piece)
+    for n in (1, 2, 3):
+        lstmc.set_num_threads(n)
+        plan = _work.plan_for(1, T, D, H, dtype)
+        assert plan["ahead"] == (piece if n > 1 else 0), plan
+        for name, seq in _sequence_layouts(xs).items():
+            layer = lstmc.TimeLSTM(*W)
+            got = _time_results(layer, seq, dhs)
+            _assert_reference(got, ref, dtype, f"n={n} piece={piece} xs {name}")
+            again = _time_results(layer, seq, dhs)
+            for k in got:
+                np.testing.assert_array_equal(again[k], got[k], err_msg=f"n={n} repeat {k}")
+        for L in (T - 1, 2 * piece + 1, piece, 0):
+            layer = lstmc.TimeLSTM(*W)
+            hs = layer.forward(xs, lengths=np.array([L]))
+            dxs = layer.backward(dhs)
+            hs_infer = layer.forward(xs, lengths=np.array([L]), train=False)
+            if L == 0:
+                assert not hs.any() and not hs_infer.any()
+                continue
+            W1 = [w.copy() for w in W]
+            hs1, _, _, caches = time_forward(xs[:, :L], *W1)
+            dxs1 = time_backward(dhs[:, :L], caches, W1[0], W1[1])[0]
+            for what, a, b in (("hs", hs[:, :L], hs1), ("hs_infer", hs_infer[:, :L], hs1),
+                               ("dxs", dxs[:, :L], dxs1)):
+                assert_close(a, b, dtype, err_msg=f"length {L} {what} n={n}")
+        # A carried state: two halves of the sequence make the whole.
+        layer = lstmc.TimeLSTM(*W, stateful=True)
+        first = layer.forward(xs[:, :50], train=False)
+        second = layer.forward(xs[:, 50:], train=False)
+        assert_close(np.concatenate([first, second], axis=1), ref["hs"], dtype,
+                     err_msg=f"stateful n={n}")
 
 
 @pytest.mark.parametrize("size", [(64, 256, 256), (37, 256, 256), (1, 256, 512)],
