@@ -326,9 +326,9 @@ def plan_lines(shapes=PLAN_SHAPES, dtype=np.float32):
         if plan.get("ahead"):
             text += ", the inputs projected ahead on another thread (%d steps a piece)" \
                 % plan["ahead"]
-        lines.append("(%s) %s: %s; recurrent product %s"
+        lines.append("(%s) %s: %s; recurrent product %s; backward's dA @ Wh.T %s"
                      % (",".join(map(str, shape)), np.dtype(dtype).name, text,
-                        plan["recurrent"]))
+                        plan["recurrent"], plan["backward"]))
     return lines
 
 

@@ -38,6 +38,9 @@ cdef struct Plan:
                                 # slices of the H units (block unused)
     bint backward_by_rows       # the backward's dh = dA_t @ Wh.T issued with BLAS's
                                 # m = rows (gate-major, transposed into place)
+    Py_ssize_t backward_piece   # with it, > 0: instead from Wh's transpose (copied
+                                # into the scratch), BLAS's m pieces of this many
+                                # units, dh written in place (small-matrix kernels)
     Py_ssize_t ahead_piece      # a batch of one row on 2+ threads, > 0: its inputs
                                 # projected on another thread ahead of the time
                                 # loop, in pieces of this many steps
@@ -208,8 +211,10 @@ cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
 
 # dh (N, units, lddh) := dA (N, 4H, ldda) @ Wh.T for `units` rows of Wh (Wh at
 # the first), the backward's product as the plan orients it (by_rows: scratch
-# (units, N)).
+# (units, N); piece > 0: from Wh_t (4H, H), Wh's transpose, at the first unit's
+# column, in products of `piece` units, scratch unused).
 cdef void lstm_recurrent_backward(Py_ssize_t N, Py_ssize_t H, Py_ssize_t units, bint by_rows,
                                   const floating *dA, Py_ssize_t ldda, const floating *Wh,
                                   floating *dh, Py_ssize_t lddh,
-                                  floating *scratch) noexcept nogil
+                                  floating *scratch, const floating *Wh_t=*,
+                                  Py_ssize_t piece=*) noexcept nogil

@@ -856,10 +856,18 @@ cdef int lstm_sequence_infer(
 cdef void lstm_recurrent_backward(Py_ssize_t N, Py_ssize_t H, Py_ssize_t units, bint by_rows,
                                   const floating *dA, Py_ssize_t ldda, const floating *Wh,
                                   floating *dh, Py_ssize_t lddh,
-                                  floating *scratch) noexcept nogil:
-    cdef Py_ssize_t G4 = 4 * H
+                                  floating *scratch, const floating *Wh_t=NULL,
+                                  Py_ssize_t piece=0) noexcept nogil:
+    cdef Py_ssize_t G4 = 4 * H, p = 0
     if N == 1:
         gemv_n(units, G4, 1, Wh, G4, dA, 0, dh)                          # dh = Wh @ dA
+    elif by_rows and piece > 0:
+        # BLAS's m a piece of the units, Wh's transpose read as it is: products
+        # small enough for BLAS's small-matrix kernels (no packing), in place.
+        while p < units:                                 # dh[:, p:p+piece] = dA @ Wh_t[:, p:p+piece]
+            gemm(c'n', c'n', N, min(piece, units - p), G4, 1, dA, ldda, Wh_t + p, H, 0,
+                 dh + p, lddh)
+            p += piece
     elif by_rows:
         # BLAS's m is the batch, dA read transposed, Wh as it is: the sum runs
         # along Wh's rows, as BLAS packs fastest. Gate-major, then put in place.
@@ -919,7 +927,8 @@ cdef void _backward_rows(floating *kind, const _SequenceArgs *a, ptrdiff_t task)
                        cells + (t - 1) * H if t > 0 else c0, TH if t > 0 else H,
                        tanh_cells + t * H, TH, dA + t * G4, TG, dc_carry, H)
         lstm_recurrent_backward(rows, H, H, a.plan.backward_by_rows, dA + t * G4, TG,  # dh =
-                                Wh, dh0, H, scratch)                         # dA_t @ Wh.T
+                                Wh, dh0, H, scratch,                         # dA_t @ Wh.T
+                                <const floating *> a.weights_t, a.plan.backward_piece)
 
 
 cdef void _backward_rows_task(void *args, ptrdiff_t task) noexcept nogil:
@@ -944,7 +953,8 @@ cdef void _backward_units(floating *kind, const _SequenceArgs *a,
     cdef floating *dc_carry = <floating *> a.dc_carry + j0
     if t < T - 1:                       # dh = dA_{t+1} @ Wh.T, columns j0 .. of it
         lstm_recurrent_backward(N, H, width, a.plan.backward_by_rows, dA + (t + 1) * G4, TG,
-                                Wh + j0 * G4, dh0, H, _at_out(a.dh_scratch, j0 * N, kind))
+                                Wh + j0 * G4, dh0, H, _at_out(a.dh_scratch, j0 * N, kind),
+                                _at(a.weights_t, j0, kind), a.plan.backward_piece)
     if t < 0:
         return
     gates_backward_units(N, width, H,
@@ -1052,6 +1062,12 @@ cdef int lstm_sequence_backward(
     a.dA, a.dc_carry, a.dxs, a.dh0 = dA, dc_carry, dxs, dh0
     a.dh_scratch = dh_scratch
     a.plan.backward_by_rows = a.plan.backward_by_rows and dh_scratch != NULL
+    if a.plan.backward_by_rows and a.plan.backward_piece > 0 and N > 1:
+        # Wh's transpose (4H, H) in the scratch, from its first 64-byte boundary.
+        a.weights_t = <void *> ((<size_t> dh_scratch + 63) & ~(<size_t> 63))
+        transpose(G4, H, Wh, G4, <floating *> a.weights_t, H)      # weights_t = Wh.T
+    else:
+        a.plan.backward_piece = 0
     a.dWx, a.dWh, a.db = dWx, dWh, db
     if a.plan.by_units:
         if lengths != NULL:
