@@ -248,7 +248,7 @@ cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
                          floating *gates, Py_ssize_t ldg, floating *recurrent,
                          const floating *Wh_t=NULL, floating *h_t=NULL,
                          Py_ssize_t piece=0) noexcept nogil:
-    cdef Py_ssize_t G4 = 4 * H
+    cdef Py_ssize_t G4 = 4 * H, p = 0
     if N == 1:
         gemv_t(H, G4, 1, Wh, G4, h_prev, 1, gates)
     elif by_rows:
@@ -256,6 +256,12 @@ cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
         # out gate-major and is added in by a loop.
         _gate_major_product(N, H, G4, h_prev, ldh, Wh_t, recurrent, h_t, piece)
         add_transposed(N, G4, recurrent, N, gates, ldg)
+    elif piece > 0:
+        # BLAS's m = 4H in pieces small enough for its small-matrix kernels.
+        while p < G4:                                    # gates[:, p:p+piece] += h @ Wh[:, p:p+piece]
+            gemm(c'n', c'n', N, min(piece, G4 - p), H, 1, h_prev, ldh, Wh + p, G4, 1,
+                 gates + p, ldg)
+            p += piece
     else:
         gemm(c'n', c'n', N, G4, H, 1, h_prev, ldh, Wh, G4, 1, gates, ldg)
 
@@ -467,7 +473,8 @@ cdef void _sequence_args(_SequenceArgs *a, Py_ssize_t N, Py_ssize_t T, Py_ssize_
     a.plan.by_units = a.plan.by_units and a.plan.threads > 1
     a.lengths = lengths
     a.running = N
-    a.plan.recurrent_by_rows = a.plan.recurrent_by_rows and recurrent_scratch
+    if a.plan.recurrent_by_rows and not recurrent_scratch:
+        a.plan.recurrent_by_rows, a.plan.recurrent_piece = False, 0
     a.unit_piece = _ceil_div(_ceil_div(H, a.plan.threads), 16) * 16
 
 

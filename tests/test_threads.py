@@ -730,7 +730,7 @@ def test_cell_repeats_bit_identical_at_two_threads(restore_pool, dtype, size):
 # 3. every thread count gives the reference
 # --------------------------------------------------------------------------
 
-_MODES = ["m=rows", "m=rows pieces", "m=4H"] + (["units"] if _SPLITS else [])
+_MODES = ["m=rows", "m=rows pieces", "m=4H", "m=4H pieces"] + (["units"] if _SPLITS else [])
 
 
 def _force(mode):
@@ -740,7 +740,8 @@ def _force(mode):
     else:
         if _SPLITS:
             _work.force_split("rows")
-        _work.force_orientation("pieces" if mode == "m=rows pieces" else mode == "m=rows")
+        _work.force_orientation({"m=rows pieces": "pieces", "m=4H pieces": "4H pieces"}
+                                .get(mode, mode == "m=rows"))
 
 
 def _check_plan(mode, N, T, D, H, dtype):
@@ -757,6 +758,10 @@ def _check_plan(mode, N, T, D, H, dtype):
         rows = plan["block"] if plan["threads"] > 1 else N
         assert plan["recurrent"].startswith(
             "m = rows, in pieces of " if rows * H * 16 <= 1e6 else "m = rows"), plan
+    elif mode == "m=4H pieces":     # pieces where 16 columns fit, and the whole does not
+        rows = plan["block"] if plan["threads"] > 1 else N
+        assert plan["recurrent"].startswith(
+            "m = 4H, in pieces of " if rows * H * 16 <= 1e6 < rows * H * 4 * H else "m = 4H"), plan
     elif mode != "units":
         assert plan["recurrent"] == ("m = 4H" if mode == "m=4H" else "m = rows"), plan
 
