@@ -41,7 +41,7 @@ cdef extern from "_pool.h" nogil:
     enum: LSTMC_AHEAD_MAX
     ctypedef struct lstmc_ahead:
         ptrdiff_t pieces, claimed
-        unsigned char made[LSTMC_AHEAD_MAX]
+        ptrdiff_t made[LSTMC_AHEAD_MAX]
     void lstmc_ahead_ready(lstmc_ahead *q, ptrdiff_t k, lstmc_task_fn make, void *ctx)
     void lstmc_ahead_help(lstmc_ahead *q, lstmc_task_fn make, void *ctx)
     void lstmc_call_begin(int pin)

@@ -49,7 +49,7 @@ typedef void (*lstmc_step_fn)(void *ctx, ptrdiff_t step, ptrdiff_t task);
 typedef struct lstmc_ahead {
     ptrdiff_t pieces;
     ptrdiff_t claimed;                   /* pieces claimed so far (atomic) */
-    unsigned char made[LSTMC_AHEAD_MAX]; /* piece k made (atomic) */
+    ptrdiff_t made[LSTMC_AHEAD_MAX];     /* 1 once piece k is made (atomic) */
 } lstmc_ahead;
 
 #if defined(_WIN32)
@@ -376,29 +376,37 @@ typedef struct lstmc_steps_job {
     ptrdiff_t claimed[LSTMC_MAX_WORKERS];    /* the last step task k was claimed for */
 } lstmc_steps_job;
 
-/* Waits until *count >= target. The tasks it waits for are running on other
- * threads: spin, pausing, and past 0.2 ms yield the core at each check, so a
- * thread sharing it runs. */
+/* Waiting for *count >= target, which threads running now will reach: one
+ * round of up to 256 pauses (returns 1 as soon as it is reached), and past
+ * 0.2 ms of waiting (since *t0, set at the first round) a yield of the core,
+ * so a thread sharing it runs. */
+static int lstmc_wait_round(const ptrdiff_t *count, ptrdiff_t target, struct timespec *t0,
+                            int *timed)
+{
+    struct timespec t;
+    for (int i = 0; i < 256; i++) {
+        if (__atomic_load_n(count, __ATOMIC_ACQUIRE) >= target) return 1;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    if (!*timed) {
+        clock_gettime(CLOCK_MONOTONIC, t0);
+        *timed = 1;
+        return 0;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    if ((t.tv_sec - t0->tv_sec) * 1000000000L + (t.tv_nsec - t0->tv_nsec) > LSTMC_CALLER_SPIN_NS)
+        sched_yield();
+    return 0;
+}
+
+/* Waits until *count >= target (see lstmc_wait_round). */
 static void lstmc_wait_count(const ptrdiff_t *count, ptrdiff_t target)
 {
-    struct timespec t0, t;
+    struct timespec t0;
     int timed = 0;
-    while (__atomic_load_n(count, __ATOMIC_ACQUIRE) < target) {
-        for (int i = 0; i < 256; i++) {
-            if (__atomic_load_n(count, __ATOMIC_ACQUIRE) >= target) return;
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-        }
-        if (!timed) {
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            timed = 1;
-            continue;
-        }
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > LSTMC_CALLER_SPIN_NS)
-            sched_yield();
-    }
+    while (!lstmc_wait_round(count, target, &t0, &timed)) {}
 }
 
 static void lstmc_steps_member(void *ctx, ptrdiff_t member)
@@ -473,27 +481,14 @@ static void lstmc_ahead_help(lstmc_ahead *q, lstmc_task_fn make, void *ctx)
 
 static void lstmc_ahead_ready(lstmc_ahead *q, ptrdiff_t k, lstmc_task_fn make, void *ctx)
 {
-    struct timespec t0, t;
+    struct timespec t0;
     int timed = 0;
     ptrdiff_t j;
     while (!__atomic_load_n(&q->made[k], __ATOMIC_ACQUIRE)) {
-        if (lstmc_ahead_take(q, &j)) {     /* piece k itself, or a later one meanwhile */
+        if (lstmc_ahead_take(q, &j))       /* piece k itself, or a later one meanwhile */
             lstmc_ahead_make(q, j, make, ctx);
-            continue;
-        }
-        for (int i = 0; i < 256 && !__atomic_load_n(&q->made[k], __ATOMIC_ACQUIRE); i++) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-        }
-        if (!timed) {
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            timed = 1;
-            continue;
-        }
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > LSTMC_CALLER_SPIN_NS)
-            sched_yield();
+        else
+            lstmc_wait_round(&q->made[k], 1, &t0, &timed);
     }
 }
 
