@@ -184,7 +184,8 @@ cdef int lstm_sequence_backward(
     floating *dWx, floating *dWh, floating *db,  # OUT overwritten: sums over all steps
     const Plan *plan,                          # or NULL: the caller's thread
     const Py_ssize_t *lengths=*,               # IN  (N,) the forward's lengths, or NULL
-    floating *dh_scratch=*,                    # scratch (N, H) for backward_by_rows, or NULL
+    floating *dh_scratch=*,                    # scratch for backward_by_rows, or NULL: (N, H),
+                                               # with backward_piece 4H*H elements + 64 bytes
 ) noexcept nogil
 # No OUT or scratch array may overlap another array of the same call. After the
 # call dc_carry holds the gradient of c0.

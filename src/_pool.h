@@ -31,6 +31,10 @@
  *    has not joined yet costs nothing (the others claim its tasks), one
  *    descheduled inside a task stalls the step (a step needs all of the step
  *    before).
+ *  - Pieces made ahead (lstmc_ahead_*): a loop that uses pieces in order (one
+ *    row's input projections) while another thread of the same job makes
+ *    them; the loop makes a piece itself when nobody has taken it, and waits
+ *    only for one a running thread is making.
  *  - After fork, the child starts with no workers (they did not survive) and
  *    free slots; workers are made again on first use.
  * Workers never touch Python, so interpreter exit does not wait for them.
