@@ -13,8 +13,9 @@ One module in three files, by concern:
     with one gemm per task (a gemm repacks its weights on every call, so one
     large call beats T small ones; one row on two threads: the other thread
     projects them ahead of the loop, in pieces), then runs the recurrent
-    product and the gate loop per step; the backward collects dA for every step and finishes
-    with the products for dWx, dWh and dxs. A Plan says how a call splits.
+    product and the gate loop per step; the backward collects dA for every
+    step and finishes with the products for dWx, dWh and dxs. A Plan says how a
+    call splits.
 Every kernel is `noexcept nogil`, generic over float and double (a fused type),
 allocates nothing, keeps nothing, and returns 0, or -1 when a size does not fit
 BLAS's integer type (nothing is written then). The rule for that is

@@ -258,7 +258,7 @@ cdef void lstm_recurrent(Py_ssize_t N, Py_ssize_t H, bint by_rows,
         add_transposed(N, G4, recurrent, N, gates, ldg)
     elif piece > 0:
         # BLAS's m = 4H in pieces small enough for its small-matrix kernels.
-        while p < G4:                                    # gates[:, p:p+piece] += h @ Wh[:, p:p+piece]
+        while p < G4:                            # gates[:, p:p+piece] += h @ Wh[:, p:p+piece]
             gemm(c'n', c'n', N, min(piece, G4 - p), H, 1, h_prev, ldh, Wh + p, G4, 1,
                  gates + p, ldg)
             p += piece
@@ -871,7 +871,7 @@ cdef void lstm_recurrent_backward(Py_ssize_t N, Py_ssize_t H, Py_ssize_t units, 
     elif by_rows and piece > 0:
         # BLAS's m a piece of the units, Wh's transpose read as it is: products
         # small enough for BLAS's small-matrix kernels (no packing), in place.
-        while p < units:                                 # dh[:, p:p+piece] = dA @ Wh_t[:, p:p+piece]
+        while p < units:                         # dh[:, p:p+piece] = dA @ Wh_t[:, p:p+piece]
             gemm(c'n', c'n', N, min(piece, units - p), G4, 1, dA, ldda, Wh_t + p, H, 0,
                  dh + p, lddh)
             p += piece

@@ -758,6 +758,9 @@ def _check_plan(mode, N, T, D, H, dtype):
         rows = plan["block"] if plan["threads"] > 1 else N
         assert plan["recurrent"].startswith(
             "m = rows, in pieces of " if rows * H * 16 <= 1e6 else "m = rows"), plan
+        # The backward's dA @ Wh.T: units in pieces from Wh's transpose where 16 fit.
+        assert plan["backward"].startswith(
+            "m = units, in pieces of " if rows * 4 * H * 16 <= 1e6 else "m = rows"), plan
     elif mode == "m=4H pieces":     # pieces where 16 columns fit, and the whole does not
         rows = plan["block"] if plan["threads"] > 1 else N
         assert plan["recurrent"].startswith(
