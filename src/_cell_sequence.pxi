@@ -295,6 +295,11 @@ cdef void _transpose_task(void *args, ptrdiff_t task) noexcept nogil:
         _transpose_slice(<float *> NULL, <_SequenceArgs *> args, task)
 
 
+cdef inline void *_aligned(void *p) noexcept nogil:
+    """p moved up to its first 64-byte boundary."""
+    return <void *> ((<size_t> p + 63) & ~(<size_t> 63))
+
+
 cdef void _transpose_weights(_SequenceArgs *a, void *scratch, Py_ssize_t item) noexcept nogil:
     """With recurrent_by_rows: a.weights_t, a.recurrent and a.h_t share the
     scratch (from its first 64-byte boundary), Wh transposed first, on
@@ -305,7 +310,7 @@ cdef void _transpose_weights(_SequenceArgs *a, void *scratch, Py_ssize_t item) n
     a.recurrent = scratch
     if not a.plan.recurrent_by_rows:
         return
-    scratch = <void *> ((<size_t> scratch + 63) & ~(<size_t> 63))
+    scratch = _aligned(scratch)
     a.weights_t = scratch
     a.recurrent = <char *> scratch + 4 * H * H * item
     a.h_t = <char *> a.recurrent + 4 * H * a.batch * item
@@ -673,9 +678,6 @@ cdef void _infer_by_units(floating *kind, _SequenceArgs *a) noexcept nogil:
     cdef Py_ssize_t last = T if a.lengths == NULL else a.lengths[0]   # the longest row
     cdef Py_ssize_t seq_stride = a.xs_seq_stride, step_stride = a.xs_step_stride
     cdef const floating *xs = <const floating *> a.xs
-    if N == 1 and a.xs_rows != NULL:        # one row: its own, no map (and no gather)
-        xs += a.xs_rows[0] * seq_stride
-        a.xs_rows = NULL
     cdef const floating *h0 = <const floating *> a.h0
     cdef floating *hs = <floating *> a.hs
     cdef floating *h_last = <floating *> a.h_last
@@ -831,6 +833,7 @@ cdef int lstm_sequence_infer(
     const Py_ssize_t *xs_rows=NULL,
 ) noexcept nogil:
     cdef _SequenceArgs a
+    cdef Py_ssize_t last
     if N == 0:
         return 0
     if (not lstm_sequence_fits(N, T, D, H, max(xs_seq_stride, xs_step_stride))
@@ -842,19 +845,20 @@ cdef int lstm_sequence_infer(
     if T == 0:
         _initial_state(N, H, h0, c0, h_last, c_last)
         return 0
+    if N == 1 and xs_rows != NULL:          # one row: its own, no map (and no gather)
+        xs += xs_rows[0] * xs_seq_stride
+        xs_rows = NULL
     a.xs, a.xs_seq_stride, a.xs_step_stride = xs, xs_seq_stride, xs_step_stride
     a.Wx, a.Wh, a.b, a.h0, a.c0 = Wx, Wh, b, h0, c0
     a.hs, a.h_last, a.c_last = hs, h_last, c_last
     a.chunk_gates, a.chunk_inputs, a.chunk_steps = chunk_gates, chunk_inputs, chunk_steps
     a.xs_rows = xs_rows
     _transpose_weights(&a, recurrent, sizeof(floating))
+    last = T if lengths == NULL else lengths[0]     # the longest row
     if a.plan.by_units:
         _infer_by_units(recurrent, &a)
-    elif ((T if lengths == NULL else lengths[0]) <= chunk_steps       # one chunk
-          and _plan_ahead(&a, T if lengths == NULL else lengths[0],
-                          xs + (0 if xs_rows == NULL else xs_rows[0] * xs_seq_stride),
-                          chunk_gates, _infer_task)):
-        lstmc_parallel(2, 2, _ahead_task, &a)
+    elif last <= chunk_steps and _plan_ahead(&a, last, xs, chunk_gates, _infer_task):
+        lstmc_parallel(2, 2, _ahead_task, &a)       # one chunk, its inputs ahead
     else:
         lstmc_parallel(a.plan.threads, _blocks(&a.plan, N), _infer_task, &a)
     return 0
@@ -1071,7 +1075,7 @@ cdef int lstm_sequence_backward(
     a.plan.backward_by_rows = a.plan.backward_by_rows and dh_scratch != NULL
     if a.plan.backward_by_rows and a.plan.backward_piece > 0 and N > 1:
         # Wh's transpose (4H, H) in the scratch, from its first 64-byte boundary.
-        a.weights_t = <void *> ((<size_t> dh_scratch + 63) & ~(<size_t> 63))
+        a.weights_t = _aligned(dh_scratch)
         transpose(G4, H, Wh, G4, <floating *> a.weights_t, H)      # weights_t = Wh.T
     else:
         a.plan.backward_piece = 0
