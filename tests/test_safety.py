@@ -28,6 +28,8 @@ Covered, each scenario that could crash run in a child interpreter
    mmap) is accepted: such rows are copied.
 9. A program that ends while a daemon thread is inside a call exits with 0.
 10. Calls from an atexit handler that runs after lstmc's own still compute.
+11. An xs that TimeLSTM kept for its backward, lying in grads: backward raises
+    ValueError and changes nothing.
 """
 import json
 import tracemalloc
@@ -912,3 +914,37 @@ def test_calls_from_a_late_atexit_handler_compute():
         dx = cell_backward(np.ones_like(h1), np.ones_like(c1), cache, W[0], W[1])[0]
         for g, w, name in zip(got[dtype], (hs, dxs, h1, c1, dx), ("hs", "dxs", "h", "c", "dx")):
             assert_close(np.asarray(g, dtype), w, dtype, err_msg=f"{dtype} {name}")
+
+
+# --------------------------------------------------------------------------
+# 11. the xs a forward kept, sharing memory with grads
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_time_backward_refuses_grads_over_the_kept_xs(dtype, which):
+    """TimeLSTM keeps a C-contiguous xs as passed for its backward, which writes
+    grads while it still reads xs: an xs lying in grads[which] (dWx, dWh or db)
+    makes backward raise ValueError naming both and change nothing; the same
+    values in memory of their own give the reference's gradients."""
+    D, H = 2, 4                                 # db has 16 elements: xs (1, 8, 2)
+    T = 8
+    rng = np.random.default_rng(which)
+    W = [(rng.standard_normal(s) * 0.3).astype(dtype) for s in ((D, 4 * H), (H, 4 * H), (4 * H,))]
+    layer = lstmc.TimeLSTM(*W)
+    for g in layer.grads:
+        g[...] = rng.standard_normal(g.shape)
+    xs = layer.grads[which].reshape(-1)[:T * D].reshape(1, T, D)
+    xs_values = xs.copy()
+    dhs = rng.standard_normal((1, T, H)).astype(dtype)
+    layer.forward(xs)
+    before = [g.copy() for g in layer.grads]
+    with pytest.raises(ValueError, match="grads and the xs of the last forward overlap"):
+        layer.backward(dhs)
+    for g, b in zip(layer.grads, before):
+        np.testing.assert_array_equal(g, b)
+    layer.forward(xs_values)
+    layer.backward(dhs)
+    hs, _, _, caches = time_forward(xs_values, *W)
+    want = time_backward(dhs, caches, W[0], W[1])
+    for got, ref, name in zip(layer.grads, want[1:4], ("dWx", "dWh", "db")):
+        assert_close(got, ref, dtype, err_msg=name)

@@ -884,6 +884,32 @@ def test_time_one_row_with_inputs_projected_ahead(restore_pool, dtype, piece):
                      err_msg=f"stateful n={n}")
 
 
+def test_one_row_ahead_measured_only_when_a_piece_could_be_shorter(restore_pool,
+                                                                    monkeypatch):
+    """The ahead pieces are measured at the first one-row call that could use
+    one: not for a call no measured piece is shorter than (T within the
+    smallest, 2^18 multiply-adds, so a wide input costs its own size, not 128
+    steps of it), and without timing anything when one step alone has that many
+    multiply-adds (pieces of 64 steps)."""
+    measured = []
+    real = _work.measure_ahead
+    monkeypatch.setattr(_work, "measure_ahead",
+                        lambda D, H, dtype: measured.append((D, H)) or real(D, H, dtype))
+    lstmc.set_num_threads(2)
+    _work.force_split("rows")
+    D, H = 4099, 5                          # a step: 81,980 multiply-adds; pieces >= 4 steps
+    rng = np.random.default_rng(3)
+    layer = lstmc.TimeLSTM(*(rng.standard_normal(s).astype(np.float32) * 0.1
+                             for s in ((D, 4 * H), (H, 4 * H), (4 * H,))))
+    for T in (2, 4):
+        assert _work.plan_for(1, T, D, H)["ahead"] == 0
+        layer.forward(rng.standard_normal((1, T, D)).astype(np.float32), train=False)
+    assert measured == []
+    layer.forward(rng.standard_normal((1, 5, D)).astype(np.float32), train=False)
+    assert measured == [(D, H)]
+    assert real(4096, 16, np.float32) == 64            # 2^18 multiply-adds a step
+
+
 @pytest.mark.parametrize("size", [(64, 256, 256), (37, 256, 256), (1, 256, 512)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_cell_parity_across_thread_counts(restore_pool, dtype, size):
@@ -1316,6 +1342,90 @@ def test_fork_after_the_pool_ran(mode):
     after its calls. busy-n1: the same with the parent at n=1 (so no worker was
     ever made) and another of its threads inside a call when it forks."""
     assert subproc.run(_FORK, mode, timeout=90).split()[-1] == "OK"
+
+
+_FORK_HELD = r"""
+import os, sys, threading, time
+import numpy as np
+import lstmc
+
+kind = sys.argv[1]
+base = lstmc.TimeLSTM if kind == "TimeLSTM" else lstmc.LSTM
+holding = [False]
+inside, release = threading.Event(), threading.Event()
+
+
+class Held(base):
+    # Its params are read under the layer's lock: while holding[0], the
+    # reading thread waits there, the lock held.
+    @property
+    def params(self):
+        if holding[0]:
+            inside.set()
+            release.wait()
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        self._params = value
+
+
+rng = np.random.default_rng(11)
+D, H = 24, 32
+layer = Held(*(rng.standard_normal(s) * 0.1 for s in ((D, 4 * H), (H, 4 * H), (4 * H,))))
+if kind == "TimeLSTM":
+    xs, dhs = rng.standard_normal((3, 9, D)), rng.standard_normal((3, 9, H))
+    call = lambda: (layer.forward(xs, train=False), layer.forward(xs), layer.backward(dhs))
+else:
+    x, h, c = (rng.standard_normal((3, k)) for k in (D, H, H))
+    call = lambda: (layer.forward(x, h, c, train=False)[0], layer.forward(x, h, c)[0],
+                    layer.backward(h, c)[0])
+want = call()
+got = []
+holding[0] = True
+other = threading.Thread(target=lambda: got.append(call()))
+other.start()
+if not inside.wait(30):
+    sys.exit("the other thread never reached the layer's lock")
+pid = os.fork()
+if pid == 0:
+    holding[0] = False
+    try:
+        same = all(np.array_equal(a, b) for a, b in zip(call(), want))
+    except BaseException as exc:
+        print(exc, file=sys.stderr)
+        os._exit(5)
+    os._exit(0 if same else 3)
+t0 = time.time()
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.time() - t0 > 60:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        release.set()
+        sys.exit("the forked child hung on the layer's lock")
+    time.sleep(0.01)
+holding[0] = False
+release.set()
+other.join()
+code = os.waitstatus_to_exitcode(status)
+if code != 0:
+    sys.exit("the forked child exited with %d (3: another result, 5: an exception)" % code)
+assert all(np.array_equal(a, b) for a, b in zip(got[0], want)), "the other thread's result"
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("kind", ["TimeLSTM", "LSTM"])
+def test_fork_while_another_thread_holds_the_layer(kind):
+    """os.fork while another thread of the parent holds a layer's lock (it waits
+    inside a call, in a params property read under the lock): the child, where
+    that thread does not exist, uses the same layer at once and gets the
+    parent's results bit for bit; the parent's thread then finishes its call
+    with the same results."""
+    assert subproc.run(_FORK_HELD, kind, timeout=120).split()[-1] == "OK"
 
 
 # --------------------------------------------------------------------------
