@@ -58,6 +58,8 @@ cdef int lstm_pool_workers() noexcept nogil          # worker threads made so fa
 cdef int lstm_blas_threads() noexcept nogil          # SciPy's BLAS count now, -1 unknown
 cdef bint lstm_blas_bound() noexcept nogil           # lstmc can pin SciPy's BLAS
 cdef int lstm_blas_set_threads(int n) noexcept nogil  # returns the count before, -1
+cdef void lstm_blas_after_fork() noexcept nogil       # a forked child: a count pinned
+                                                       # by another thread's call restored
 
 
 # True when a kernel accepts these sizes; largest_ld is the largest leading

@@ -54,6 +54,7 @@ cdef extern from "_pool.h" nogil:
     int lstmc_bind_blas(const void *sym)
     int lstmc_blas_threads_now()
     int lstmc_blas_set_threads(int n)
+    void lstmc_blas_after_fork()
     void lstmc_pool_init()
 
 # --------------------------------------------------------------- threads
@@ -92,6 +93,10 @@ cdef bint lstm_blas_bound() noexcept nogil:
 
 cdef int lstm_blas_set_threads(int n) noexcept nogil:
     return lstmc_blas_set_threads(n)
+
+
+cdef void lstm_blas_after_fork() noexcept nogil:
+    lstmc_blas_after_fork()
 
 
 # ------------------------------------------------------------ size rules

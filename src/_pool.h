@@ -68,6 +68,7 @@ static int lstmc_pool_workers(void) { return 0; }
 static int lstmc_bind_blas(const void *sym) { (void) sym; return 0; }
 static int lstmc_blas_threads_now(void) { return -1; }
 static int lstmc_blas_set_threads(int n) { (void) n; return -1; }
+static void lstmc_blas_after_fork(void) {}
 static void lstmc_pool_init(void) {}
 static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void *ctx)
 {
@@ -209,8 +210,8 @@ static void lstmc_after_fork_child(void)
     lstmc_busy = 0;
     lstmc_waiting = 0;
     lstmc_calls = 0;
-    /* A count pinned by a call of another thread stays pinned in the child
-     * until its next lstmc call ends (lstmc_blas_saved is kept for that). */
+    /* A count pinned by a call of another thread is restored by
+     * lstmc_blas_after_fork (lstmc_blas_saved is kept for that). */
 }
 
 static void lstmc_before_fork(void) { pthread_mutex_lock(&lstmc_mu); }
@@ -329,7 +330,11 @@ static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void
     job.active = 0;
     if (want > 0) {
         pthread_mutex_lock(&lstmc_mu);
-        while (n < want && lstmc_try_slot()) {
+        /* No helper while a caller waits for a slot: its call comes first (a
+         * region's helpers would otherwise take back, region after region, the
+         * slots the waiting caller was woken for). */
+        while (n < want && __atomic_load_n(&lstmc_waiting, __ATOMIC_SEQ_CST) == 0
+               && lstmc_try_slot()) {
             lstmc_worker *w = lstmc_idle_worker();
             if (w == NULL) {
                 __atomic_fetch_sub(&lstmc_busy, 1, __ATOMIC_SEQ_CST);
@@ -543,13 +548,33 @@ static int lstmc_bind_blas(const void *sym)
 }
 
 /* Sets SciPy's BLAS thread count (the benchmark's floor at one thread); returns
- * the count before, or -1 when it cannot be set. */
+ * the count before, or -1 when it cannot be set. While pinned calls run, the
+ * count they restore when the last ends is the one set. */
 static int lstmc_blas_set_threads(int n)
 {
     if (lstmc_blas_get == NULL) return -1;
-    int before = lstmc_blas_get();
-    lstmc_blas_set(n);
+    pthread_mutex_lock(&lstmc_mu);
+    int before;
+    if (lstmc_calls > 0) {
+        before = lstmc_blas_saved > 0 ? lstmc_blas_saved : lstmc_blas_get();
+        lstmc_blas_saved = n != 1 ? n : 0;    /* the live count stays 1 meanwhile */
+    } else {
+        before = lstmc_blas_get();
+        lstmc_blas_set(n);
+    }
+    pthread_mutex_unlock(&lstmc_mu);
     return before;
+}
+
+/* In a forked child, from Python's after-fork hook (OpenBLAS's own fork
+ * handlers have run): a count pinned by a call of another thread of the parent,
+ * which will never end here, is restored. */
+static void lstmc_blas_after_fork(void)
+{
+    if (lstmc_blas_get != NULL && lstmc_calls == 0 && lstmc_blas_saved > 0) {
+        lstmc_blas_set(lstmc_blas_saved);
+        lstmc_blas_saved = 0;
+    }
 }
 
 /* SciPy's BLAS thread count now (-1: unknown). */
