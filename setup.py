@@ -126,7 +126,7 @@ def extension(module, pyx, depends):
 
 write_blas_int()
 render_work()
-DEPENDS = ["src/_gates.h", "src/_pool.h", "src/_cell_step.pxi", "src/_cell_sequence.pxi",
+DEPENDS = ["src/_gates.h", "src/_pool.h", "src/_lock.h", "src/_cell_step.pxi", "src/_cell_sequence.pxi",
            "src/_gates.pxd", "src/_blas.pxd", "src/_cell.pxd",
            "src/_work.pyx.in"]
 extensions = [

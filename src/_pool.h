@@ -323,6 +323,10 @@ static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void
     lstmc_worker *helpers[LSTMC_MAX_WORKERS];
     int n = 0, want = threads - 1;
     if (want > ntasks - 1) want = (int) (ntasks - 1);
+    if (want <= 0) {                     /* the tasks in order, no atomics */
+        for (ptrdiff_t i = 0; i < ntasks; i++) fn(ctx, i);
+        return;
+    }
     job.fn = fn;
     job.ctx = ctx;
     job.ntasks = ntasks;
