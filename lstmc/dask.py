@@ -50,6 +50,11 @@ delayed argument's graph in ``map_blocks``. Blocks do not share a layer object
 builds a TimeLSTM (or a StackedLSTM) on the shared read-only weights
 (microseconds), so blocks run in parallel threads with the GIL released.
 
+Threads. In a worker process of ``distributed``, lstmc runs at most
+OMP_NUM_THREADS threads there, the native threads the worker's nanny gives each
+process (1 unless configured), unless LSTMC_NUM_THREADS is set: two worker
+processes on two cores would otherwise run four busy threads.
+
 Needs the ``dask`` extra: ``pip install "lstmc[dask]"`` (Dask's array module;
 ``distributed`` for clusters). ``import lstmc`` never imports Dask.
 """
@@ -92,9 +97,35 @@ def _rows_for(row_bytes):
     return max(1, _BLOCK_BYTES // max(1, row_bytes))
 
 
+_budget_pid = None      # the process whose thread budget was looked at
+
+
+def _follow_worker_budget():
+    """In a process of a Dask distributed worker, once: lstmc's thread limit no
+    higher than OMP_NUM_THREADS, the native threads its nanny gives each worker
+    process (1 unless configured otherwise), as NumPy's and SciPy's BLAS do
+    there; unless LSTMC_NUM_THREADS says how many. Two worker processes on two
+    cores would otherwise run four busy threads."""
+    global _budget_pid
+    if _budget_pid == os.getpid():
+        return
+    _budget_pid = os.getpid()
+    budget = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if os.environ.get("LSTMC_NUM_THREADS", "").strip() or not budget.isdigit():
+        return
+    try:
+        from distributed import get_worker
+        get_worker()
+    except (ImportError, ValueError):
+        return                                  # not a distributed worker's task
+    if int(budget) >= 1:
+        lstmc.set_num_threads(min(lstmc.get_num_threads(), int(budget)))
+
+
 def _forward_block(xs, weights, lengths=None, *, last_only, stacked):
     """One block: hs (n, T, H·dirs), or the last valid h (n, H·dirs), for xs
     (n, T, D) and lengths (n, 1, 1) or None."""
+    _follow_worker_budget()
     weights = weights.item() if isinstance(weights, np.ndarray) else weights
     if lengths is not None:
         lengths = lengths.reshape(-1)

@@ -281,6 +281,29 @@ def test_local_cluster_equals_single_process(ldask, client, dtype):
     _assert_same_math(got_last, h, dtype)
 
 
+def _thread_settings():
+    """(OMP_NUM_THREADS, LSTMC_NUM_THREADS, lstmc's limit, lstmc's default) here."""
+    return (os.environ.get("OMP_NUM_THREADS"), os.environ.get("LSTMC_NUM_THREADS"),
+            lstmc.get_num_threads(), lstmc._threads.default_threads())
+
+
+def test_workers_follow_their_nannys_thread_budget(ldask, client):
+    """A worker process's nanny sets OMP_NUM_THREADS (1 unless configured): once
+    a block ran there, lstmc's limit in that process is no higher, unless
+    LSTMC_NUM_THREADS is set (then it is that)."""
+    layer = _layer(np.float32)
+    xs = da.from_array(_data(np.float32, N=40), chunks=(20, 9, 16))
+    for address in client.run(os.getpid):
+        client.compute(ldask.predict(layer, xs), workers=[address]).result(timeout=TIMEOUT)
+    settings = client.run(_thread_settings)
+    assert len(settings) == 2, settings
+    for omp, own, limit, default in settings.values():
+        if own:
+            assert limit == default, settings
+        else:
+            assert omp is not None and limit == min(default, int(omp)), settings
+
+
 def _holders_of_prefix(dask_scheduler, prefix):
     """{key: [addresses of the workers holding it]} for the finished results named prefix-..."""
     return {str(ts.key): sorted(ws.address for ws in ts.who_has or ())

@@ -160,6 +160,7 @@ def _time_on_cluster(layer, x, xs, rounds, target):
                 .result(timeout=600)
 
         forward = functools.partial(layer.forward, x, train=False)
+        on_cluster(xs)()            # a first block on each worker sets its threads
         one = "1 process x 1 thread"
         two = "2 processes x %s lstmc threads" % "/".join(
             sorted({str(n) for n in client.run(lstmc.get_num_threads).values()}))
