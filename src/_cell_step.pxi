@@ -285,8 +285,8 @@ cdef int lstm_step_backward(
         a.piece, a.pieces = G4, 1
     # The gate loop by rows; then blocks of columns of the weight gradients, of
     # dx and of dh_prev (each thread reads a slice of the weights, not all of
-    # them: measured here at (64, 512, 512), 2 threads, 1.4x faster than dx
-    # and dh_prev by rows).
+    # them: measured here at (64, 512, 512), 2 threads, the backward took
+    # 1.63-1.81 ms against 2.08-2.16 with dx and dh_prev by rows).
     lstmc_parallel(threads, _ceil_div(N, a.block), _step_backward_rows_task, &a)
     lstmc_parallel(threads, 3 * a.pieces, _step_backward_weights_task, &a)
     return 0
