@@ -175,17 +175,24 @@ cdef void _step_backward_rows_task(void *args, ptrdiff_t task) noexcept nogil:
         _step_backward_rows(<float *> NULL, <_StepArgs *> args, task)
 
 
+cdef inline Py_ssize_t _weight_rows(const _StepArgs *a, ptrdiff_t k,
+                                    Py_ssize_t *first) noexcept nogil:
+    """Block k of Wx's rows (k < pieces), else block k - pieces of Wh's: its first
+    row (out) and its width (<= 0: an empty block)."""
+    cdef Py_ssize_t rows = a.input_size if k < a.pieces else a.hidden_size
+    cdef Py_ssize_t size = _ceil_div(rows, a.pieces)
+    first[0] = (k % a.pieces) * size
+    return min(size, rows - first[0])
+
+
 cdef void _step_backward_weights(floating *kind, const _StepArgs *a,
                                  ptrdiff_t task) noexcept nogil:
     cdef Py_ssize_t N = a.batch, D = a.input_size, H = a.hidden_size, G4 = 4 * H
-    cdef Py_ssize_t first, width, rows, part
+    cdef Py_ssize_t first, width, part
     cdef const floating *dA = <const floating *> a.dA
     if N == 1:
         # Task p < pieces: rows of Wx (dWx and dx); else rows of Wh (dWh, dh_prev).
-        part = task % a.pieces
-        rows = D if task < a.pieces else H
-        first = part * _ceil_div(rows, a.pieces)
-        width = min(_ceil_div(rows, a.pieces), rows - first)
+        width = _weight_rows(a, task, &first)
         if width <= 0:
             return
         if task < a.pieces:
@@ -205,10 +212,7 @@ cdef void _step_backward_weights(floating *kind, const _StepArgs *a,
     if task >= a.pieces:
         # Columns of dx (task < 2 pieces) or of dh_prev: a block of Wx's or Wh's
         # rows, which only this task reads.
-        part = task % a.pieces
-        rows = D if task < 2 * a.pieces else H
-        first = part * _ceil_div(rows, a.pieces)
-        width = min(_ceil_div(rows, a.pieces), rows - first)
+        width = _weight_rows(a, task - a.pieces, &first)
         if width <= 0:
             return
         if task < 2 * a.pieces:                                          # dx = dA @ Wx.T

@@ -332,25 +332,23 @@ static void lstmc_parallel(int threads, ptrdiff_t ntasks, lstmc_task_fn fn, void
     job.ntasks = ntasks;
     job.next = 0;
     job.active = 0;
-    if (want > 0) {
-        pthread_mutex_lock(&lstmc_mu);
-        /* No helper while a caller waits for a slot: its call comes first (a
-         * region's helpers would otherwise take back, region after region, the
-         * slots the waiting caller was woken for). */
-        while (n < want && __atomic_load_n(&lstmc_waiting, __ATOMIC_SEQ_CST) == 0
-               && lstmc_try_slot()) {
-            lstmc_worker *w = lstmc_idle_worker();
-            if (w == NULL) {
-                __atomic_fetch_sub(&lstmc_busy, 1, __ATOMIC_SEQ_CST);
-                break;
-            }
-            __atomic_store_n(&w->job, &job, __ATOMIC_RELEASE);
-            helpers[n++] = w;
-            __atomic_add_fetch(&job.active, 1, __ATOMIC_ACQ_REL);
-            pthread_cond_signal(&w->wake);
+    pthread_mutex_lock(&lstmc_mu);
+    /* No helper while a caller waits for a slot: its call comes first (a
+     * region's helpers would otherwise take back, region after region, the
+     * slots the waiting caller was woken for). */
+    while (n < want && __atomic_load_n(&lstmc_waiting, __ATOMIC_SEQ_CST) == 0
+           && lstmc_try_slot()) {
+        lstmc_worker *w = lstmc_idle_worker();
+        if (w == NULL) {
+            __atomic_fetch_sub(&lstmc_busy, 1, __ATOMIC_SEQ_CST);
+            break;
         }
-        pthread_mutex_unlock(&lstmc_mu);
+        __atomic_store_n(&w->job, &job, __ATOMIC_RELEASE);
+        helpers[n++] = w;
+        __atomic_add_fetch(&job.active, 1, __ATOMIC_ACQ_REL);
+        pthread_cond_signal(&w->wake);
     }
+    pthread_mutex_unlock(&lstmc_mu);
     lstmc_run_tasks(&job);
     if (n == 0) return;
     pthread_mutex_lock(&lstmc_mu);
