@@ -263,12 +263,16 @@ static int lstmc_try_slot(void)
     return 0;
 }
 
+/* Gives back n slots and wakes as many waiting callers (not all of them: the
+ * others would only wake to find no slot, runnable meanwhile). A woken caller
+ * that finds its slot taken by a newcomer sleeps again; the newcomer wakes one
+ * when it gives it back. */
 static void lstmc_free_slots(int n)
 {
     __atomic_fetch_sub(&lstmc_busy, n, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&lstmc_waiting, __ATOMIC_SEQ_CST) > 0) {
         pthread_mutex_lock(&lstmc_mu);
-        pthread_cond_broadcast(&lstmc_slot_free);
+        for (int i = 0; i < n; i++) pthread_cond_signal(&lstmc_slot_free);
         pthread_mutex_unlock(&lstmc_mu);
     }
 }
